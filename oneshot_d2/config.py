@@ -1,0 +1,80 @@
+"""``add_oneshot_config``: the configuration keys oneshot_d2 adds to Detectron2's ``get_cfg()``.
+
+Call it on a fresh ``get_cfg()`` *before* ``merge_from_file`` so that typos in YAML files fail.
+Defaults are the papers' values (Ter-Sarkisov 2021); where the original code did otherwise, the
+comment says so and the README's "paper vs code" table lists the option.
+"""
+from __future__ import annotations
+
+from detectron2.config import CfgNode as CN
+
+__all__ = ["add_oneshot_config"]
+
+
+def _add_oneshot_model_config(cfg: CN) -> None:
+    """``MODEL.ONESHOT``: the one-shot model (classification branch, image head, weight copy)."""
+    _C = cfg
+    _C.MODEL.ONESHOT = CN()
+    # Number of slice classes: 3 (COVID-19, common pneumonia, normal) for CNCB-NCOV / COVIDx-CT,
+    # 2 for COVID vs non-COVID sets. Class names come from the classification dataset metadata.
+    _C.MODEL.ONESHOT.NUM_IMAGE_CLASSES = 3
+    # beta: RoIs per image fed to the image head (affinity paper 8, LSTM paper 16).
+    _C.MODEL.ONESHOT.ROI_BATCH_SIZE = 8
+    # Class-wise NMS IoU among the classification branch's candidate boxes (papers: 0.25).
+    _C.MODEL.ONESHOT.CLS_NMS_THRESH = 0.25
+    # Re-order the selected RoIs by distance of the box's top-left corner from the image origin
+    # (LSTM paper 4.1 and its code); False keeps score order (affinity model).
+    _C.MODEL.ONESHOT.ORDER_BY_DISTANCE = False
+
+    _C.MODEL.ONESHOT.IMAGE_HEAD = CN()
+    # Registered name in oneshot_d2's IMAGE_HEAD_REGISTRY: "AffinityHead" or "LSTMAttentionHead".
+    _C.MODEL.ONESHOT.IMAGE_HEAD.NAME = "AffinityHead"
+    # Mask sieve: N independent down/up stages (paper); the original reused one block N^2 times.
+    _C.MODEL.ONESHOT.IMAGE_HEAD.SIEVE_STAGES = 3
+    # A: number of affinities (columns of the affinity matrix W1), papers test 32..512.
+    _C.MODEL.ONESHOT.IMAGE_HEAD.NUM_AFFINITIES = 128
+    # LSTM hidden size (LSTM + attention model).
+    _C.MODEL.ONESHOT.IMAGE_HEAD.LSTM_HIDDEN_DIM = 256
+    # Width of the two fully connected layers before the logits.
+    _C.MODEL.ONESHOT.IMAGE_HEAD.FC_DIM = 128
+    # Per-class BCE on one-hot targets; reduction over classes: "sum" (paper eq. 7/10) or "mean"
+    # (original code).
+    _C.MODEL.ONESHOT.IMAGE_HEAD.LOSS_REDUCTION = "sum"
+    # w in L = L_seg + w * L_img (papers: 1).
+    _C.MODEL.ONESHOT.IMAGE_HEAD.LOSS_WEIGHT = 1.0
+
+    _C.MODEL.ONESHOT.COPY = CN()
+    # Copy the segmentation box/mask branches into the frozen classification branches.
+    _C.MODEL.ONESHOT.COPY.ENABLED = True
+    # "best": when the smoothed segmentation loss improves on the best so far (papers);
+    # "previous": when it improves on the previous iteration (LSTM code); "period": every PERIOD.
+    _C.MODEL.ONESHOT.COPY.MODE = "best"
+    _C.MODEL.ONESHOT.COPY.PERIOD = 100
+    # Window (iterations) of the median used to smooth the summed segmentation loss; 1 = raw.
+    _C.MODEL.ONESHOT.COPY.SMOOTHING_WINDOW = 20
+
+
+def _add_data_config(cfg: CN) -> None:
+    """Data keys beside their Detectron2 counterparts."""
+    _C = cfg
+    # Classification (slice-label) training datasets, paired with DATASETS.TRAIN each iteration.
+    _C.DATASETS.TRAIN_CLS = ()
+    # Classification images per iteration (all processes), beside SOLVER.IMS_PER_BATCH.
+    _C.SOLVER.CLS_IMS_PER_BATCH = 2
+    # "SGD" (Detectron2's default), "Adam" or "AdamW" (papers: Adam, lr 1e-5, weight decay 1e-3).
+    _C.SOLVER.OPTIMIZER = "SGD"
+    _C.SOLVER.ADAM_BETAS = (0.9, 0.999)
+
+
+def add_oneshot_config(cfg: CN) -> CN:
+    """Add oneshot_d2's keys to a Detectron2 config, in place.
+
+    Args:
+        cfg: a config from ``detectron2.config.get_cfg()``.
+
+    Returns:
+        The same ``cfg`` (for chaining).
+    """
+    _add_oneshot_model_config(cfg)
+    _add_data_config(cfg)
+    return cfg

@@ -1,0 +1,41 @@
+#!/usr/bin/env python
+"""oneshot_d2: one-shot COVID-19 lesion segmentation + slice classification on Detectron2."""
+import os
+import re
+
+from setuptools import find_packages, setup
+
+
+def _version() -> str:
+    init = os.path.join(os.path.dirname(os.path.abspath(__file__)), "oneshot_d2", "__init__.py")
+    with open(init, encoding="utf-8") as f:
+        return re.search(r'^__version__ = "([^"]+)"', f.read(), re.M).group(1)
+
+
+setup(
+    name="oneshot_d2",
+    version=_version(),
+    description="Detectron2 re-implementation of Ter-Sarkisov's one-shot Affinity and "
+    "LSTM+attention models: COVID-19 lesion instance segmentation and CT slice classification",
+    license="Apache-2.0",
+    python_requires=">=3.9",
+    packages=find_packages(exclude=("configs", "tests", "tests.*", "tools", "datasets")),
+    # Detectron2 is not on PyPI: it is installed from its repository (official route) or built by
+    # tools/install.sh from the pb1-detectron2 sdist, so it is not listed here (as in D2 projects).
+    install_requires=[
+        "torch>=1.10",
+        "torchvision",
+        "numpy",
+        "fvcore>=0.1.5",
+        "pycocotools>=2.0.2",
+        "opencv-python-headless",
+        "Pillow",
+        "scipy",
+        "scikit-learn",
+        "matplotlib",
+        "tqdm",
+        "pydicom",
+        "nibabel",
+    ],
+    extras_require={"test": ["pytest"]},
+)
