@@ -1,4 +1,8 @@
 """oneshot_d2: one-shot COVID-19 models (Ter-Sarkisov 2021) as a Detectron2 extension."""
-from . import compat  # noqa: F401  (must run before any Detectron2 import)
+from . import compat  # noqa: F401  (must run before any other Detectron2 import)
+from . import data  # noqa: F401  (registers datasets)
+from .config import add_oneshot_config
 
 __version__ = "0.1.0"
+
+__all__ = ["add_oneshot_config", "__version__"]

@@ -1,0 +1,6 @@
+"""Data: synthetic CT phantom, converters, dataset registration."""
+from . import datasets  # noqa: F401  (registers the predefined datasets found on disk)
+from .errors import DatasetError
+from .phantom_dataset import PhantomSpec, write_phantom_dataset
+
+__all__ = ["DatasetError", "PhantomSpec", "write_phantom_dataset", "datasets"]

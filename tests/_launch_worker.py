@@ -1,0 +1,26 @@
+"""Worker for test_launch (importable by name, since mp.spawn pickles functions by reference)."""
+import hashlib
+import os
+
+import torch
+
+import oneshot_d2  # noqa: F401  isort: skip
+from detectron2.utils import comm
+from oneshot_d2.data.datasets.builtin import register_cncb_layout
+from oneshot_d2.engine import OneShotTrainer, setup
+
+
+def train_and_fingerprint(args, phantom_root: str, out_file: str) -> None:
+    register_cncb_layout(phantom_root, "launch")
+    cfg = setup(args)
+    trainer = OneShotTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    model = trainer.model.module if hasattr(trainer.model, "module") else trainer.model
+    digest = hashlib.sha256()
+    for name, p in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(p.detach().cpu().contiguous().numpy().tobytes())
+    with open(f"{out_file}.{comm.get_rank()}", "w") as f:
+        f.write(f"{comm.get_world_size()} {digest.hexdigest()} {os.getpid()}")
+    torch.distributed.barrier()
