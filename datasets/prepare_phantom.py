@@ -59,7 +59,11 @@ def main(argv=None) -> int:
                        cls_class_shares=tuple(args.cls_shares),
                        slices_per_patient=args.slices_per_patient, save_hu=args.save_hu,
                        seed=args.seed)
-    counts = write_phantom_dataset(root, spec, overwrite=True)
+    try:
+        counts = write_phantom_dataset(root, spec, overwrite=args.overwrite)
+    except FileExistsError as e:
+        logger.error("%s (it is not a finished phantom dataset)", e)
+        return 2
     logger.info("slices: %s", counts)
     for path in prepare_cncb_layout(root, min_area=args.min_area):
         logger.info("wrote %s", path)
