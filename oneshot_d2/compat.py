@@ -23,6 +23,9 @@ Remedies (numbers follow ``design/detectron2_install.md``):
    ``device_ids=None`` when there is no GPU.
 10. ``torch.load(weights_only=True)``: a policy, not a patch -- oneshot_d2 keeps checkpoints to
     tensors and plain Python values.
+
+Also: Detectron2's modules call ``torch.jit.script`` at import, which torch >= 2.10 answers with
+a ``FutureWarning`` each time; that one message is filtered (nothing else).
 """
 from __future__ import annotations
 
@@ -130,16 +133,20 @@ def has_compiled_ops() -> bool:
 
 # --------------------------------------------------------------------------------------------
 # 4. numpy >= 1.24 removed aliases
-_NUMPY_ALIASES = {"int": int, "float": float, "bool": bool, "object": object, "str": str}
+_NUMPY_ALIASES = {"int": int, "float": float, "bool": bool, "str": str}  # those v0.6 uses
 
 
 def _fix_numpy_aliases() -> None:
+    import warnings
+
     import numpy as np
 
     restored = []
     for name, value in _NUMPY_ALIASES.items():
         try:
-            getattr(np, name)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # numpy 2.x warns before raising
+                getattr(np, name)
         except AttributeError:
             setattr(np, name, value)
             restored.append(name)
@@ -303,6 +310,10 @@ def _fix_cpu_launch() -> None:
 
 def apply_all() -> List[str]:
     """Apply every remedy whose condition holds; idempotent. Returns :data:`APPLIED`."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
+                            category=FutureWarning)
     _fix_pil_linear()
     _fix_numpy_aliases()
     _install_placeholder_c()
