@@ -25,14 +25,22 @@ def _add_oneshot_model_config(cfg: CN) -> None:
     # Re-order the selected RoIs by distance of the box's top-left corner from the image origin
     # (LSTM paper 4.1 and its code); False keeps score order (affinity model).
     _C.MODEL.ONESHOT.ORDER_BY_DISTANCE = False
+    # Filling the RoI batch when fewer than beta boxes survive NMS: "cyclic" repeats the kept boxes
+    # in score order (deterministic; a whole-image box when none survive); "original" repeats
+    # them in random-length runs like the original code (non-deterministic at inference).
+    _C.MODEL.ONESHOT.ROI_PADDING = "cyclic"
 
     _C.MODEL.ONESHOT.IMAGE_HEAD = CN()
     # Registered name in oneshot_d2's IMAGE_HEAD_REGISTRY: "AffinityHead" or "LSTMAttentionHead".
     _C.MODEL.ONESHOT.IMAGE_HEAD.NAME = "AffinityHead"
     # Mask sieve: N independent down/up stages (paper); the original reused one block N^2 times.
     _C.MODEL.ONESHOT.IMAGE_HEAD.SIEVE_STAGES = 3
+    # Stage order: "paper" Conv s2 -> BN -> ConvT s2 -> ReLU; "code" Conv -> BN -> ReLU -> ConvT.
+    _C.MODEL.ONESHOT.IMAGE_HEAD.SIEVE_ORDER = "paper"
     # A: number of affinities (columns of the affinity matrix W1), papers test 32..512.
     _C.MODEL.ONESHOT.IMAGE_HEAD.NUM_AFFINITIES = 128
+    # Std of the normal init of the affinity matrix and vector (original code: 1, unscaled).
+    _C.MODEL.ONESHOT.IMAGE_HEAD.AFFINITY_INIT_STD = 1.0
     # LSTM hidden size (LSTM + attention model).
     _C.MODEL.ONESHOT.IMAGE_HEAD.LSTM_HIDDEN_DIM = 256
     # Width of the two fully connected layers before the logits.
@@ -64,6 +72,10 @@ def _add_data_config(cfg: CN) -> None:
     # "SGD" (Detectron2's default), "Adam" or "AdamW" (papers: Adam, lr 1e-5, weight decay 1e-3).
     _C.SOLVER.OPTIMIZER = "SGD"
     _C.SOLVER.ADAM_BETAS = (0.9, 0.999)
+    # Z-score every image per channel with its own mean / std (the papers' "global mean / std"
+    # is per image); False uses MODEL.PIXEL_MEAN / PIXEL_STD as Detectron2 does. Used by
+    # OneShotRCNN.
+    _C.INPUT.PER_IMAGE_STANDARDIZE = True
 
 
 def add_oneshot_config(cfg: CN) -> CN:

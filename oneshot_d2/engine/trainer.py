@@ -10,11 +10,16 @@ from typing import Optional
 
 import torch
 from detectron2.data import MetadataCatalog
-from detectron2.engine import DefaultTrainer
+from detectron2.engine import DefaultTrainer, hooks
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluator
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 
 from ..compat import has_compiled_ops
+from ..data.build import build_oneshot_train_loader
+from ..data.datasets.covid_ct import CT_CLS_EVALUATOR
+from ..evaluation import ClassificationEvaluator
+from ..modeling.roi_heads import OneShotROIHeads
+from .hooks import CopyClsBranchesHook
 
 __all__ = ["OneShotTrainer", "build_optimizer"]
 
@@ -61,9 +66,31 @@ class OneShotTrainer(DefaultTrainer):
             # The fast COCOeval is C++: pycocotools gives the same numbers without it.
             return COCOEvaluator(dataset_name, tasks=tasks, distributed=True,
                                  output_dir=output_folder, use_fast_impl=has_compiled_ops())
+        if evaluator_type == CT_CLS_EVALUATOR:
+            return ClassificationEvaluator(dataset_name, distributed=True,
+                                           output_dir=output_folder)
         raise ValueError(
-            f"dataset {dataset_name!r} has evaluator_type={evaluator_type!r}; this model has "
-            "an evaluator for COCO lesion segmentation sets ('coco') only")
+            f"dataset {dataset_name!r} has evaluator_type={evaluator_type!r}; oneshot_d2 "
+            f"evaluates 'coco' (lesion segmentation) and '{CT_CLS_EVALUATOR}' (slice "
+            "classification) datasets")
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_oneshot_train_loader(cfg)
+
+    def build_hooks(self):
+        """Detectron2's hooks, plus :class:`CopyClsBranchesHook` (one-shot models) placed after
+        the evaluation hook and before the writer, so each step's copy decision sees that
+        step's losses and the writer logs the copy count."""
+        ret = super().build_hooks()
+        model = self.model.module if hasattr(self.model, "module") else self.model
+        roi_heads = getattr(model, "roi_heads", None)
+        copy_cfg = self.cfg.MODEL.ONESHOT.COPY
+        if isinstance(roi_heads, OneShotROIHeads) and copy_cfg.ENABLED:
+            hook = CopyClsBranchesHook(copy_cfg.MODE, copy_cfg.PERIOD, copy_cfg.SMOOTHING_WINDOW)
+            writers = [i for i, h in enumerate(ret) if isinstance(h, hooks.PeriodicWriter)]
+            ret.insert(writers[0] if writers else len(ret), hook)
+        return ret
 
     @classmethod
     def build_optimizer(cls, cfg, model):

@@ -1,0 +1,22 @@
+"""The original code's "FPN" with one level: a ResNet trunk cut after ``res4`` (stride 16), one
+lateral 1x1 and one output 3x3 conv, no extra top level. Used by the *faithful* configs."""
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import BACKBONE_REGISTRY
+from detectron2.modeling.backbone import FPN
+from detectron2.modeling.backbone.resnet import build_resnet_backbone
+
+__all__ = ["build_resnet_single_fpn_backbone"]
+
+
+@BACKBONE_REGISTRY.register()
+def build_resnet_single_fpn_backbone(cfg, input_shape: ShapeSpec):
+    """ResNet (``MODEL.RESNETS``, ``OUT_FEATURES`` should be one stage, e.g. ``["res4"]``) +
+    a one-level FPN without top block. Output: ``{"p4": (N, FPN.OUT_CHANNELS, H/16, W/16)}``
+    for ``res4``."""
+    bottom_up = build_resnet_backbone(cfg, input_shape)
+    if len(cfg.MODEL.FPN.IN_FEATURES) != 1:
+        raise ValueError("build_resnet_single_fpn_backbone takes exactly one FPN input feature, "
+                         f"got MODEL.FPN.IN_FEATURES={cfg.MODEL.FPN.IN_FEATURES}")
+    return FPN(bottom_up=bottom_up, in_features=cfg.MODEL.FPN.IN_FEATURES,
+               out_channels=cfg.MODEL.FPN.OUT_CHANNELS, norm=cfg.MODEL.FPN.NORM, top_block=None,
+               fuse_type=cfg.MODEL.FPN.FUSE_TYPE)

@@ -1,0 +1,78 @@
+"""Layers shared by the image heads: the mask sieve and the mask vectorisation."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["MaskSieve", "MaskVectorizer", "SIEVE_ORDERS"]
+
+# "paper": Conv s2 -> BN -> ConvT s2 -> ReLU (LSTM paper's description);
+# "code": Conv s2 -> BN -> ReLU -> ConvT s2 (original code).
+SIEVE_ORDERS = ("paper", "code")
+
+
+def _init_conv(module: nn.Module, bias: float = 0.01) -> None:
+    """Original initialisation: Kaiming-normal (fan_out) conv weights, biases 0.01."""
+    nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+    nn.init.constant_(module.bias, bias)
+
+
+class _SieveStage(nn.Module):
+    def __init__(self, channels: int, order: str):
+        super().__init__()
+        if order not in SIEVE_ORDERS:
+            raise ValueError(f"sieve order must be one of {SIEVE_ORDERS}, got {order!r}")
+        hidden = channels // 2
+        self.down = nn.Conv2d(channels, hidden, kernel_size=2, stride=2)
+        self.norm = nn.BatchNorm2d(hidden)
+        self.up = nn.ConvTranspose2d(hidden, channels, kernel_size=2, stride=2)
+        self.order = order
+        _init_conv(self.down)
+        _init_conv(self.up)
+        nn.init.constant_(self.norm.bias, 0.01)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm(self.down(x))
+        if self.order == "paper":
+            return torch.relu(self.up(x))
+        return self.up(torch.relu(x))
+
+
+class MaskSieve(nn.Sequential):
+    """N independent down/up stages over RoI mask features (papers' "mask sieve"):
+    (R, C, H, W) -> (R, C, H, W). The original applied one shared stage N^2 times; the papers
+    describe N stages, which this implements."""
+
+    def __init__(self, channels: int, num_stages: int = 3, order: str = "paper"):
+        super().__init__(*[_SieveStage(channels, order) for _ in range(num_stages)])
+
+
+class MaskVectorizer(nn.Module):
+    """(R, C, 28, 28) -> (R, C): Conv 2x2 s2 -> ReLU -> BN, Conv 2x2 s2 -> ReLU -> BN,
+    Conv 7x7 -> ReLU -> BN (the original's order: ReLU before BN)."""
+
+    def __init__(self, channels: int, resolution: int = 28):
+        super().__init__()
+        if resolution % 4:
+            raise ValueError(f"mask feature resolution must be divisible by 4, got {resolution}")
+        self.convs = nn.ModuleList([
+            nn.Conv2d(channels, channels, kernel_size=2, stride=2),
+            nn.Conv2d(channels, channels, kernel_size=2, stride=2),
+            nn.Conv2d(channels, channels, kernel_size=resolution // 4),
+        ])
+        self.norms = nn.ModuleList([nn.BatchNorm2d(channels) for _ in range(3)])
+        for conv, norm in zip(self.convs, self.norms):
+            _init_conv(conv)
+            nn.init.constant_(norm.bias, 0.01)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for conv, norm in zip(self.convs, self.norms):
+            x = norm(torch.relu(conv(x)))
+        return x.flatten(1)
+
+
+def mlp_head(in_dim: int, hidden: int, num_classes: int) -> nn.Sequential:
+    """FC -> ReLU -> FC -> ReLU -> FC (logits)."""
+    return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(inplace=True),
+                         nn.Linear(hidden, hidden), nn.ReLU(inplace=True),
+                         nn.Linear(hidden, num_classes))

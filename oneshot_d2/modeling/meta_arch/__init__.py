@@ -1,0 +1,3 @@
+from .oneshot_rcnn import OneShotRCNN
+
+__all__ = ["OneShotRCNN"]
