@@ -88,7 +88,6 @@ class CopyClsBranchesHook(HookBase):
 
     def after_step(self):
         decision = False
-        value = None
         if comm.is_main_process():
             value = self._criterion()
             decision = self.should_copy(value)
@@ -96,8 +95,6 @@ class CopyClsBranchesHook(HookBase):
             decision = comm.all_gather(decision)[0]
         if decision:
             self.copy()
-            logger.debug("iter %d: copied segmentation -> classification branches (criterion "
-                         "%s)", self.trainer.iter, value)
         if comm.is_main_process():
             self.trainer.storage.put_scalar("oneshot/cls_branch_copies", self.num_copies,
                                             smoothing_hint=False)
