@@ -37,6 +37,10 @@ def _add_oneshot_model_config(cfg: CN) -> None:
     _C.MODEL.ONESHOT.IMAGE_HEAD.SIEVE_STAGES = 3
     # Stage order: "paper" Conv s2 -> BN -> ConvT s2 -> ReLU; "code" Conv -> BN -> ReLU -> ConvT.
     _C.MODEL.ONESHOT.IMAGE_HEAD.SIEVE_ORDER = "paper"
+    # Normalisation in the sieve and vectorisation (Detectron2 names): "BN" (papers). With several
+    # processes, BN running statistics stay per replica (Detectron2's DDP does not broadcast
+    # buffers): use "naiveSyncBN" (or "SyncBN" on GPUs) for identical replicas, or "GN".
+    _C.MODEL.ONESHOT.IMAGE_HEAD.NORM = "BN"
     # A: number of affinities (columns of the affinity matrix W1), papers test 32..512.
     _C.MODEL.ONESHOT.IMAGE_HEAD.NUM_AFFINITIES = 128
     # Std of the normal init of the affinity matrix and vector (original code: 1, unscaled).

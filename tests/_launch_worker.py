@@ -17,10 +17,13 @@ def train_and_fingerprint(args, phantom_root: str, out_file: str) -> None:
     trainer.resume_or_load(resume=False)
     trainer.train()
     model = trainer.model.module if hasattr(trainer.model, "module") else trainer.model
-    digest = hashlib.sha256()
-    for name, p in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(p.detach().cpu().contiguous().numpy().tobytes())
+    digests = []
+    for tensors in (model.named_parameters(), model.named_buffers()):
+        digest = hashlib.sha256()
+        for name, p in sorted(tensors):
+            digest.update(name.encode())
+            digest.update(p.detach().cpu().contiguous().numpy().tobytes())
+        digests.append(digest.hexdigest())
     with open(f"{out_file}.{comm.get_rank()}", "w") as f:
-        f.write(f"{comm.get_world_size()} {digest.hexdigest()} {os.getpid()}")
+        f.write(f"{comm.get_world_size()} {digests[0]} {os.getpid()} {digests[1]}")
     torch.distributed.barrier()

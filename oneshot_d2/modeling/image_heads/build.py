@@ -52,12 +52,12 @@ class ImageHead(nn.Module):
 
     @configurable
     def __init__(self, *, channels: int, resolution: int, roi_batch_size: int, num_classes: int,
-                 sieve_stages: int, sieve_order: str):
+                 sieve_stages: int, sieve_order: str, norm: str = "BN"):
         super().__init__()
         self.roi_batch_size = roi_batch_size
         self.num_classes = num_classes
-        self.sieve = MaskSieve(channels, sieve_stages, sieve_order)
-        self.vectorize = MaskVectorizer(channels, resolution)
+        self.sieve = MaskSieve(channels, sieve_stages, sieve_order, norm)
+        self.vectorize = MaskVectorizer(channels, resolution, norm)
 
     @classmethod
     def from_config(cls, cfg):
@@ -69,6 +69,7 @@ class ImageHead(nn.Module):
             "num_classes": cfg.MODEL.ONESHOT.NUM_IMAGE_CLASSES,
             "sieve_stages": head.SIEVE_STAGES,
             "sieve_order": head.SIEVE_ORDER,
+            "norm": head.NORM,
         }
 
     def forward(self, mask_features: torch.Tensor) -> Dict[str, torch.Tensor]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+from detectron2.layers import get_norm
 from torch import nn
 
 __all__ = ["MaskSieve", "MaskVectorizer", "SIEVE_ORDERS"]
@@ -11,6 +12,14 @@ __all__ = ["MaskSieve", "MaskVectorizer", "SIEVE_ORDERS"]
 SIEVE_ORDERS = ("paper", "code")
 
 
+def _norm(norm: str, channels: int) -> nn.Module:
+    """Detectron2's ``get_norm`` ("BN", "naiveSyncBN", "SyncBN", "GN", ...), bias 0.01."""
+    module = get_norm(norm, channels) if norm else nn.Identity()
+    if getattr(module, "bias", None) is not None:
+        nn.init.constant_(module.bias, 0.01)
+    return module
+
+
 def _init_conv(module: nn.Module, bias: float = 0.01) -> None:
     """Original initialisation: Kaiming-normal (fan_out) conv weights, biases 0.01."""
     nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
@@ -18,18 +27,17 @@ def _init_conv(module: nn.Module, bias: float = 0.01) -> None:
 
 
 class _SieveStage(nn.Module):
-    def __init__(self, channels: int, order: str):
+    def __init__(self, channels: int, order: str, norm: str = "BN"):
         super().__init__()
         if order not in SIEVE_ORDERS:
             raise ValueError(f"sieve order must be one of {SIEVE_ORDERS}, got {order!r}")
         hidden = channels // 2
         self.down = nn.Conv2d(channels, hidden, kernel_size=2, stride=2)
-        self.norm = nn.BatchNorm2d(hidden)
+        self.norm = _norm(norm, hidden)
         self.up = nn.ConvTranspose2d(hidden, channels, kernel_size=2, stride=2)
         self.order = order
         _init_conv(self.down)
         _init_conv(self.up)
-        nn.init.constant_(self.norm.bias, 0.01)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.norm(self.down(x))
@@ -43,15 +51,16 @@ class MaskSieve(nn.Sequential):
     (R, C, H, W) -> (R, C, H, W). The original applied one shared stage N^2 times; the papers
     describe N stages, which this implements."""
 
-    def __init__(self, channels: int, num_stages: int = 3, order: str = "paper"):
-        super().__init__(*[_SieveStage(channels, order) for _ in range(num_stages)])
+    def __init__(self, channels: int, num_stages: int = 3, order: str = "paper",
+                 norm: str = "BN"):
+        super().__init__(*[_SieveStage(channels, order, norm) for _ in range(num_stages)])
 
 
 class MaskVectorizer(nn.Module):
     """(R, C, 28, 28) -> (R, C): Conv 2x2 s2 -> ReLU -> BN, Conv 2x2 s2 -> ReLU -> BN,
     Conv 7x7 -> ReLU -> BN (the original's order: ReLU before BN)."""
 
-    def __init__(self, channels: int, resolution: int = 28):
+    def __init__(self, channels: int, resolution: int = 28, norm: str = "BN"):
         super().__init__()
         if resolution % 4:
             raise ValueError(f"mask feature resolution must be divisible by 4, got {resolution}")
@@ -60,10 +69,9 @@ class MaskVectorizer(nn.Module):
             nn.Conv2d(channels, channels, kernel_size=2, stride=2),
             nn.Conv2d(channels, channels, kernel_size=resolution // 4),
         ])
-        self.norms = nn.ModuleList([nn.BatchNorm2d(channels) for _ in range(3)])
-        for conv, norm in zip(self.convs, self.norms):
+        self.norms = nn.ModuleList([_norm(norm, channels) for _ in range(3)])
+        for conv in self.convs:
             _init_conv(conv)
-            nn.init.constant_(norm.bias, 0.01)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for conv, norm in zip(self.convs, self.norms):
