@@ -184,6 +184,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
+    logging.getLogger("detectron2").setLevel(logging.WARNING)  # no model dumps
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = []
