@@ -2,7 +2,7 @@
 # (idempotent: a second run reuses .venv and its install step takes seconds).
 PY := .venv/bin/python
 export DETECTRON2_DATASETS ?= datasets
-DEMO_CONFIG ?= configs/quick_schedules/mask_rcnn_R_18_FPN_phantom_quick.yaml
+DEMO_CONFIG ?= configs/quick_schedules/oneshot_affinity_R_18_FPN_phantom_quick.yaml
 DEMO_OPTS ?=
 PYTEST_ARGS ?=
 

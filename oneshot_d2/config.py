@@ -54,6 +54,11 @@ def _add_oneshot_model_config(cfg: CN) -> None:
     _C.MODEL.ONESHOT.IMAGE_HEAD.LOSS_REDUCTION = "sum"
     # w in L = L_seg + w * L_img (papers: 1).
     _C.MODEL.ONESHOT.IMAGE_HEAD.LOSS_WEIGHT = 1.0
+    # First iteration with the image loss (papers: 0, both tasks from the start). Before it,
+    # classification items are dropped from the batch (no forward, no loss): training from
+    # scratch, the segmentation branch first learns lesions the RoI batch can then pick up.
+    # Applied by the trainer (ImageLossStartHook).
+    _C.MODEL.ONESHOT.IMAGE_HEAD.LOSS_START_ITER = 0
 
     _C.MODEL.ONESHOT.COPY = CN()
     # Copy the segmentation box/mask branches into the frozen classification branches.
@@ -76,10 +81,31 @@ def _add_data_config(cfg: CN) -> None:
     # "SGD" (Detectron2's default), "Adam" or "AdamW" (papers: Adam, lr 1e-5, weight decay 1e-3).
     _C.SOLVER.OPTIMIZER = "SGD"
     _C.SOLVER.ADAM_BETAS = (0.9, 0.999)
+    # Learning-rate factor of the image head's parameters (papers: 1, one rate for the whole
+    # network). The schedule (warm-up, steps) scales both rates alike.
+    _C.SOLVER.IMAGE_HEAD_LR_FACTOR = 1.0
+    # Optimizer of the image head: "" = SOLVER.OPTIMIZER (papers: one Adam for everything);
+    # "Adam" beside SOLVER.OPTIMIZER "SGD" trains the head with Adam, the detector with SGD.
+    _C.SOLVER.IMAGE_HEAD_OPTIMIZER = ""
     # Z-score every image per channel with its own mean / std (the papers' "global mean / std"
     # is per image); False uses MODEL.PIXEL_MEAN / PIXEL_STD as Detectron2 does. Used by
     # OneShotRCNN.
     _C.INPUT.PER_IMAGE_STANDARDIZE = True
+
+
+def _add_evaluation_config(cfg: CN) -> CN:
+    """``TEST`` keys of oneshot_d2's evaluators."""
+    _C = cfg
+    # Papers' per-image mask AP beside COCO AP on segmentation test sets.
+    _C.TEST.PER_IMAGE_AP = CN()
+    _C.TEST.PER_IMAGE_AP.ENABLED = True
+    # Detections below this score are ignored by the per-image AP (papers: 0.75).
+    _C.TEST.PER_IMAGE_AP.SCORE_THRESH = 0.75
+    _C.TEST.CLASSIFICATION = CN()
+    # Class weights of the weighted F1, in class-id order; () = the evaluated split's class
+    # shares (papers' definition). The original code hard-coded (0.45, 0.35, 0.20) for
+    # (Normal, CP, COVID-19), about the CNCB test shares.
+    _C.TEST.CLASSIFICATION.F1_WEIGHTS = ()
 
 
 def add_oneshot_config(cfg: CN) -> CN:
@@ -93,4 +119,5 @@ def add_oneshot_config(cfg: CN) -> CN:
     """
     _add_oneshot_model_config(cfg)
     _add_data_config(cfg)
+    _add_evaluation_config(cfg)
     return cfg

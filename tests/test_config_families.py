@@ -30,6 +30,7 @@ def _args(config, out, prefix, mode, max_iter=2):
         "SOLVER.IMS_PER_BATCH", "2", "SOLVER.CLS_IMS_PER_BATCH", "2",
         "SOLVER.MAX_ITER", str(max_iter), "SOLVER.CHECKPOINT_PERIOD", "1000",
         "DATALOADER.NUM_WORKERS", "0", "OUTPUT_DIR", str(out), "SEED", "3",
+        "MODEL.ONESHOT.IMAGE_HEAD.LOSS_START_ITER", "0", "TEST.PRECISE_BN.NUM_ITER", "2",
     ]
     return default_argument_parser().parse_args(
         ["--config-file", os.path.join(REPO, "configs", config)] + opts)
@@ -46,10 +47,14 @@ def test_config_family_trains_and_evaluates(family, prefix, tmp_path):
     config, mode = FAMILIES[family]
     results = main(_args(config, tmp_path, prefix, mode))
     seg_name = f"fam_seg_{'sep_' if mode == 'separate' else ''}test"
-    assert set(results[seg_name]) == {"bbox", "segm"}
+    assert set(results[seg_name]) == {"bbox", "segm", "segm_per_image"}
     cls_res = results["fam_cls_test"]["classification"]
     assert 0.0 <= cls_res["accuracy"] <= 100.0
-    assert {"sensitivity/Normal", "sensitivity/CP", "sensitivity/COVID-19"} <= set(cls_res)
+    assert {"sensitivity/Normal", "sensitivity/CP", "sensitivity/COVID-19", "macro_f1",
+            "weighted_f1", "macro_auc"} <= set(cls_res)
+    out_dir = tmp_path / "inference" / "fam_cls_test"
+    assert (out_dir / "classification_metrics.json").is_file()
+    assert (out_dir / "confusion_matrix.png").is_file()
 
 
 def test_resume_restores_copy_hook_state(prefix, tmp_path):

@@ -86,7 +86,7 @@ def test_csv_manifest_errors(tmp_path):
     with pytest.raises(DatasetError, match=r"m\.csv:2: unknown label 'COVID'"):
         load_csv_manifest(str(csv), ["normal", "pneumonia"])
     bad = tmp_path / "bad.csv"
-    bad.write_text("path,label\na.png,1\n")
+    bad.write_text("picture,label\na.png,1\n")  # no file_name / path / image column
     with pytest.raises(DatasetError, match=r"bad\.csv: manifest lacks column"):
         load_csv_manifest(str(bad), ["x", "y"])
     with pytest.raises(DatasetError, match=r"nope\.csv: manifest not found"):

@@ -66,6 +66,55 @@ def test_frozen_branch_not_in_optimizer(cfg):
     assert rh.training and not any(m.training for m in rh.cls_branch_modules())
 
 
+def test_image_head_lr_factor(cfg):
+    model = _model(cfg)
+    c = cfg.clone()
+    c.defrost()
+    c.SOLVER.IMAGE_HEAD_LR_FACTOR = 0.25
+    opt = OneShotTrainer.build_optimizer(c, model)
+    head_ids = {id(p) for p in model.image_head.parameters()}
+    lrs = {"head": set(), "rest": set()}
+    for g in opt.param_groups:
+        kinds = {"head" if id(p) in head_ids else "rest" for p in g["params"]}
+        assert len(kinds) == 1  # a group never mixes the head with the rest
+        lrs[kinds.pop()].add(g["lr"])
+    assert lrs["rest"] == {c.SOLVER.BASE_LR}
+    assert len(lrs["head"]) == 1
+    assert lrs["head"].pop() == pytest.approx(c.SOLVER.BASE_LR * 0.25)
+    n_params = sum(len(g["params"]) for g in opt.param_groups)
+    assert n_params == len([p for p in model.parameters() if p.requires_grad])
+
+
+@pytest.mark.parametrize("enabled", [False, True])
+def test_image_loss_can_be_disabled(cfg, batch, enabled):
+    model = _model(cfg).train()
+    model.image_loss_enabled = enabled
+    with EventStorage(0):
+        losses = model(batch)
+    assert ("loss_image_cls" in losses) == enabled
+    assert set(SEG_LOSS_KEYS) <= set(losses)
+
+
+def test_image_loss_start_hook(cfg):
+    from oneshot_d2.engine.hooks import ImageLossStartHook
+
+    class _Trainer:
+        model = _model(cfg)
+        iter = 0
+
+    hook = ImageLossStartHook(10)
+    hook.trainer = _Trainer()
+    for it, expected in ((0, False), (9, False), (10, True), (11, True)):
+        hook.trainer.iter = it
+        hook.before_step()
+        assert hook.trainer.model.image_loss_enabled == expected
+    hook.trainer.iter = 3  # resume before the start
+    hook.before_step()
+    assert not hook.trainer.model.image_loss_enabled
+    hook.after_train()
+    assert hook.trainer.model.image_loss_enabled
+
+
 def test_copy_makes_branches_equal_without_sharing(cfg):
     rh = _model(cfg).roi_heads
     seg_sd = rh.box_head.state_dict()

@@ -38,7 +38,7 @@ def trained(phantom_root, tmp_path_factory):
 
 def test_train_evaluates_and_checkpoints(trained):
     out, results = trained
-    assert set(results) == {"bbox", "segm"} and "AP50" in results["segm"]
+    assert set(results) == {"bbox", "segm", "segm_per_image"} and "AP50" in results["segm"]
     assert os.path.isfile(out / "model_final.pth") and os.path.isfile(out / "last_checkpoint")
 
 

@@ -11,7 +11,8 @@ import numpy as np
 
 from .errors import DatasetError
 
-__all__ = ["read_gray", "read_label_image", "atomic_write_json", "atomic_write_text"]
+__all__ = ["read_gray", "read_label_image", "atomic_write_json", "atomic_write_text",
+           "atomic_write_bytes"]
 
 
 def read_gray(path: str) -> np.ndarray:
@@ -28,14 +29,32 @@ def read_gray(path: str) -> np.ndarray:
     return img
 
 
+def _read_palette_indices(path: str):
+    """The index image of a palette ("P" mode) PNG, or ``None`` for any other image. OpenCV
+    would expand the palette to colours; label masks store class ids as palette indices."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            if im.mode != "P":
+                return None
+            return np.array(im, dtype=np.uint8)
+    except (OSError, ValueError):
+        return None  # let OpenCV report the unreadable file
+
+
 def read_label_image(path: str) -> np.ndarray:
-    """Read a label mask (H, W) without any colour conversion or rescaling.
+    """Read a label mask (H, W) without any colour conversion or rescaling (palette PNGs give
+    their palette indices).
 
     Raises:
         DatasetError: missing, unreadable, or not a single-channel integer image.
     """
     if not os.path.isfile(path):
         raise DatasetError(f"{path}: mask file not found")
+    palette = _read_palette_indices(path)
+    if palette is not None:
+        return palette
     mask = cv2.imread(path, cv2.IMREAD_UNCHANGED)
     if mask is None:
         raise DatasetError(f"{path}: unreadable mask (not a decodable PNG)")
@@ -49,19 +68,25 @@ def read_label_image(path: str) -> np.ndarray:
     return mask
 
 
-def atomic_write_text(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename, so
+    that ``path`` is either the old file or the complete new one."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_write_json(path: str, obj: Any) -> None:

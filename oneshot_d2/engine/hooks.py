@@ -115,3 +115,28 @@ class CopyClsBranchesHook(HookBase):
         self.num_copies = int(state["num_copies"])
         self.last_copy_iter = int(state["last_copy_iter"])
         self._recent = deque(state.get("recent", []), maxlen=self.window)
+
+
+class ImageLossStartHook(HookBase):
+    """Enables the image loss from iteration ``start_iter`` on
+    (``MODEL.ONESHOT.IMAGE_HEAD.LOSS_START_ITER``): before it, ``OneShotRCNN`` ignores the
+    classification items of each batch. Decided from the trainer's iteration before every
+    step, so resuming needs no extra state."""
+
+    def __init__(self, start_iter: int):
+        self.start_iter = int(start_iter)
+
+    def _model(self):
+        model = self.trainer.model
+        return model.module if hasattr(model, "module") else model
+
+    def before_step(self):
+        enabled = self.trainer.iter >= self.start_iter
+        model = self._model()
+        if model.image_loss_enabled != enabled:
+            model.image_loss_enabled = enabled
+            logger.info("image loss %s at iteration %d", "enabled" if enabled else "disabled",
+                        self.trainer.iter)
+
+    def after_train(self):
+        self._model().image_loss_enabled = True

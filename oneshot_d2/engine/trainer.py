@@ -11,45 +11,19 @@ from typing import Optional
 import torch
 from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultTrainer, hooks
-from detectron2.evaluation import COCOEvaluator, DatasetEvaluator
-from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
+from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, DatasetEvaluators
 
 from ..compat import has_compiled_ops
 from ..data.build import build_oneshot_train_loader
 from ..data.datasets.covid_ct import CT_CLS_EVALUATOR
-from ..evaluation import ClassificationEvaluator
+from ..evaluation import ClassificationEvaluator, PerImageAPEvaluator
 from ..modeling.roi_heads import OneShotROIHeads
-from .hooks import CopyClsBranchesHook
+from .hooks import CopyClsBranchesHook, ImageLossStartHook
+from .optimizer import build_optimizer
 
 __all__ = ["OneShotTrainer", "build_optimizer"]
 
 logger = logging.getLogger(__name__)
-
-_OPTIMIZERS = ("SGD", "Adam", "AdamW")
-
-
-def build_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """SGD (Detectron2's default), Adam or AdamW (papers: Adam, lr 1e-5, weight decay 1e-3), by
-    ``SOLVER.OPTIMIZER``. Frozen parameters (``requires_grad=False``) are left out."""
-    name = cfg.SOLVER.OPTIMIZER
-    if name not in _OPTIMIZERS:
-        raise ValueError(f"SOLVER.OPTIMIZER must be one of {_OPTIMIZERS}, got {name!r}")
-    params = get_default_optimizer_params(
-        model,
-        base_lr=cfg.SOLVER.BASE_LR,
-        weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
-        bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
-        weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
-    )
-    if name == "SGD":
-        opt_cls, kwargs = torch.optim.SGD, {"momentum": cfg.SOLVER.MOMENTUM,
-                                            "nesterov": cfg.SOLVER.NESTEROV}
-    else:
-        opt_cls = torch.optim.Adam if name == "Adam" else torch.optim.AdamW
-        kwargs = {"betas": tuple(cfg.SOLVER.ADAM_BETAS)}
-    optimizer = maybe_add_gradient_clipping(cfg, opt_cls)(
-        params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY, **kwargs)
-    return optimizer
 
 
 class OneShotTrainer(DefaultTrainer):
@@ -64,11 +38,17 @@ class OneShotTrainer(DefaultTrainer):
         if evaluator_type == "coco":
             tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
             # The fast COCOeval is C++: pycocotools gives the same numbers without it.
-            return COCOEvaluator(dataset_name, tasks=tasks, distributed=True,
+            coco = COCOEvaluator(dataset_name, tasks=tasks, distributed=True,
                                  output_dir=output_folder, use_fast_impl=has_compiled_ops())
+            if not (cfg.MODEL.MASK_ON and cfg.TEST.PER_IMAGE_AP.ENABLED):
+                return coco
+            return DatasetEvaluators([coco, PerImageAPEvaluator(
+                dataset_name, score_thresh=cfg.TEST.PER_IMAGE_AP.SCORE_THRESH,
+                distributed=True, output_dir=output_folder)])
         if evaluator_type == CT_CLS_EVALUATOR:
-            return ClassificationEvaluator(dataset_name, distributed=True,
-                                           output_dir=output_folder)
+            return ClassificationEvaluator(
+                dataset_name, distributed=True, output_dir=output_folder,
+                f1_weights=tuple(cfg.TEST.CLASSIFICATION.F1_WEIGHTS) or None)
         raise ValueError(
             f"dataset {dataset_name!r} has evaluator_type={evaluator_type!r}; oneshot_d2 "
             f"evaluates 'coco' (lesion segmentation) and '{CT_CLS_EVALUATOR}' (slice "
@@ -81,7 +61,8 @@ class OneShotTrainer(DefaultTrainer):
     def build_hooks(self):
         """Detectron2's hooks, plus :class:`CopyClsBranchesHook` (one-shot models) placed after
         the evaluation hook and before the writer, so each step's copy decision sees that
-        step's losses and the writer logs the copy count."""
+        step's losses and the writer logs the copy count; and :class:`ImageLossStartHook` when
+        ``MODEL.ONESHOT.IMAGE_HEAD.LOSS_START_ITER > 0``."""
         ret = super().build_hooks()
         model = self.model.module if hasattr(self.model, "module") else self.model
         roi_heads = getattr(model, "roi_heads", None)
@@ -90,6 +71,9 @@ class OneShotTrainer(DefaultTrainer):
             hook = CopyClsBranchesHook(copy_cfg.MODE, copy_cfg.PERIOD, copy_cfg.SMOOTHING_WINDOW)
             writers = [i for i, h in enumerate(ret) if isinstance(h, hooks.PeriodicWriter)]
             ret.insert(writers[0] if writers else len(ret), hook)
+        start = self.cfg.MODEL.ONESHOT.IMAGE_HEAD.LOSS_START_ITER
+        if start > 0 and hasattr(model, "image_loss_enabled"):
+            ret.insert(0, ImageLossStartHook(start))
         return ret
 
     @classmethod

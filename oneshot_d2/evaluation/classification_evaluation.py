@@ -1,10 +1,21 @@
-"""``ClassificationEvaluator``: slice-classification metrics of the one-shot model."""
+"""``ClassificationEvaluator``: slice-classification metrics of the one-shot model.
+
+Writes, in its output directory: ``classification_metrics.json`` (every metric, the confusion
+matrix, supports, F1 weights, absent classes), ``classification_predictions.csv`` (one row per
+image: id, file, true and predicted class, probabilities) and ``confusion_matrix.png``. Every
+file is written to a temporary name first, then renamed.
+"""
 from __future__ import annotations
 
+import csv
+import io
 import itertools
+import json
 import logging
+import math
+import os
 from collections import OrderedDict
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 from detectron2.data import MetadataCatalog
@@ -12,30 +23,50 @@ from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 from tabulate import tabulate
 
-__all__ = ["ClassificationEvaluator", "confusion_matrix"]
+from ..data.io import atomic_write_bytes
+from .classification_metrics import classification_metrics
+
+__all__ = ["ClassificationEvaluator"]
 
 logger = logging.getLogger(__name__)
 
-
-def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
-    """(C, C) counts, rows = true class, columns = predicted class."""
-    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(cm, (labels, preds), 1)
-    return cm
+METRICS_FILE = "classification_metrics.json"
+PREDICTIONS_FILE = "classification_predictions.csv"
+CONFUSION_FILE = "confusion_matrix.png"
+_PER_CLASS = ("sensitivity", "precision", "specificity", "f1", "auc")
+_SUMMARY = ("accuracy", "macro_f1", "weighted_f1", "macro_auc")
 
 
 class ClassificationEvaluator(DatasetEvaluator):
-    """Accuracy, per-class sensitivity TP / (TP + FN) and the confusion matrix of the
-    ``image_cls`` outputs against the dataset's ``image_label``; results under the
-    ``classification`` key (distributed-safe: gathered on rank 0)."""
+    """Slice classification of the ``image_cls`` outputs against the dataset's ``image_label``.
+
+    Results (``{"classification": {...}}``, percent) hold only scalar metrics, so that
+    Detectron2's printing and ``verify_results`` handle them: accuracy, macro F1, the papers'
+    weighted F1, macro one-vs-rest ROC-AUC and, per class, sensitivity, precision, specificity,
+    F1 and AUC (``nan`` for an undefined value, e.g. a class absent from the split). The full
+    report (confusion matrix, supports, absent classes) is logged and written to JSON.
+    Distributed-safe: predictions are gathered on rank 0.
+    """
 
     def __init__(self, dataset_name: str, distributed: bool = True,
-                 output_dir: Optional[str] = None):
+                 output_dir: Optional[str] = None,
+                 f1_weights: Optional[Sequence[float]] = None):
+        """
+        Args:
+            dataset_name: a registered classification dataset (metadata ``image_classes``).
+            distributed: gather predictions from all processes.
+            output_dir: where the JSON / CSV / PNG go (nothing written when ``None``).
+            f1_weights: class weights of the weighted F1; ``None``: the split's class shares.
+        """
         meta = MetadataCatalog.get(dataset_name)
+        if not meta.get("image_classes", None):
+            raise KeyError(f"dataset {dataset_name!r} has no 'image_classes' metadata: register "
+                           "it with register_covidx_cls / register_csv_cls")
         self.class_names: List[str] = list(meta.image_classes)
         self.dataset_name = dataset_name
         self.distributed = distributed
         self.output_dir = output_dir
+        self.f1_weights = list(f1_weights) if f1_weights else None
         self._records: List[Dict] = []
 
     def reset(self):
@@ -45,7 +76,9 @@ class ClassificationEvaluator(DatasetEvaluator):
         for x, out in zip(inputs, outputs):
             if "image_label" not in x:
                 raise KeyError(f"{x.get('file_name')}: no image_label in a classification set")
-            self._records.append({"image_id": x.get("image_id"), "label": int(x["image_label"]),
+            self._records.append({"image_id": x.get("image_id"),
+                                  "file_name": x.get("file_name", ""),
+                                  "label": int(x["image_label"]),
                                   "probs": out["image_cls"].detach().cpu().float().numpy()})
 
     def evaluate(self):
@@ -58,16 +91,74 @@ class ClassificationEvaluator(DatasetEvaluator):
         if not records:
             logger.warning("%s: no predictions to evaluate", self.dataset_name)
             return {}
-        num_classes = len(self.class_names)
         labels = np.array([r["label"] for r in records])
-        preds = np.array([int(np.argmax(r["probs"])) for r in records])
-        cm = confusion_matrix(labels, preds, num_classes)
-        res = OrderedDict(accuracy=100.0 * float(np.trace(cm)) / max(1, cm.sum()))
-        for c, name in enumerate(self.class_names):
-            support = cm[c].sum()
-            res[f"sensitivity/{name}"] = 100.0 * cm[c, c] / support if support else float("nan")
-        table = tabulate([[name] + cm[c].tolist() for c, name in enumerate(self.class_names)],
-                         headers=["true \\ predicted"] + self.class_names, tablefmt="pipe")
-        logger.info("Slice classification on %s (%d images): accuracy %.2f %%\n%s",
-                    self.dataset_name, len(records), res["accuracy"], table)
-        return {"classification": res}
+        probs = np.stack([r["probs"] for r in records])
+        report = classification_metrics(labels, probs, self.class_names, self.f1_weights)
+        self._log(report)
+        if self.output_dir:
+            self._write(report, records, probs)
+        scalars = OrderedDict((k, v) for k, v in report.items() if isinstance(v, float))
+        return {"classification": scalars}
+
+    # ----------------------------------------------------------------------------------------
+    def _log(self, report: Dict) -> None:
+        names = self.class_names
+        per_class = tabulate(
+            [[name, report["support"][name]] + [report[f"{m}/{name}"] for m in _PER_CLASS]
+             for name in names],
+            headers=["class", "images"] + list(_PER_CLASS), tablefmt="pipe", floatfmt=".2f")
+        cm = tabulate([[name] + row for name, row in zip(names, report["confusion_matrix"])],
+                      headers=["true \\ predicted"] + names, tablefmt="pipe")
+        summary = ", ".join(f"{k} {report[k]:.2f}" for k in _SUMMARY)
+        absent = (f"\nclasses absent from {self.dataset_name} (their metrics are nan): "
+                  f"{', '.join(report['absent_classes'])}" if report["absent_classes"] else "")
+        logger.info("Slice classification on %s (%d images): %s\n%s\n%s%s", self.dataset_name,
+                    report["num_images"], summary, per_class, cm, absent)
+
+    def _write(self, report: Dict, records: List[Dict], probs: np.ndarray) -> None:
+        os.makedirs(self.output_dir, exist_ok=True)
+        clean = {k: (None if isinstance(v, float) and math.isnan(v) else v)
+                 for k, v in report.items()}  # JSON has no NaN
+        clean["dataset"] = self.dataset_name
+        clean["class_names"] = self.class_names
+        atomic_write_bytes(os.path.join(self.output_dir, METRICS_FILE),
+                           json.dumps(clean, indent=2).encode())
+
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(["image_id", "file_name", "label", "prediction"]
+                        + [f"prob_{n}" for n in self.class_names])
+        for r, p in zip(records, probs):
+            writer.writerow([r["image_id"], r["file_name"], self.class_names[r["label"]],
+                             self.class_names[int(np.argmax(p))]] + [f"{v:.6f}" for v in p])
+        atomic_write_bytes(os.path.join(self.output_dir, PREDICTIONS_FILE),
+                           buf.getvalue().encode())
+        atomic_write_bytes(os.path.join(self.output_dir, CONFUSION_FILE),
+                           confusion_matrix_png(np.array(report["confusion_matrix"]),
+                                                self.class_names, self.dataset_name))
+
+
+def confusion_matrix_png(cm: np.ndarray, class_names: List[str], title: str) -> bytes:
+    """PNG bytes of a confusion-matrix plot (counts and row percentages)."""
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(1.6 + 1.1 * len(class_names), 1.2 + 1.0 * len(class_names)), dpi=100)
+    ax = fig.add_subplot(1, 1, 1)
+    rows = cm.sum(axis=1, keepdims=True)
+    share = np.divide(cm, rows, out=np.zeros(cm.shape, dtype=float), where=rows > 0)
+    ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            ax.text(j, i, f"{cm[i, j]}\n{100 * share[i, j]:.1f}%", ha="center", va="center",
+                    color="white" if share[i, j] > 0.5 else "black", fontsize=9)
+    ax.set_xticks(range(len(class_names)), class_names, rotation=30, ha="right")
+    ax.set_yticks(range(len(class_names)), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()

@@ -8,6 +8,9 @@ Names (``<source>_<task>[_sep]_<split>``; see ``datasets/README.md`` for layouts
 ``phantom_cls_{train,val,test}``  phantom slice classification (Normal, CP, COVID-19)
 ``cncb_seg_{train,test}``     CNCB-NCOV lesion segmentation (merge), ``cncb_seg_sep_*``
 ``cncb_cls_{train,val,test}`` CNCB-NCOV slices with COVIDx-CT splits
+``medseg_seg[_sep]_{..}``     MedSeg-style multiclass slices (``public/index.json``)
+``covid19_ct_seg_{..}``       COVID-19-CT-Seg-style binary slices, split by volume
+``ucsd_cls_{train,val}``      UCSD COVID-CT-style 2-class slices (NonCOVID, COVID)
 ============================  ==========================================================
 
 A name is registered when its source file (COCO JSON / split file) exists at import time, so a
@@ -24,6 +27,7 @@ from detectron2.data import DatasetCatalog
 
 from .covid_ct import COVIDX_CLASSES, register_covidx_cls, register_ct_seg
 from .label_masks import CNCB_CATEGORY_VALUES, cncb_masks_to_coco
+from .public_ct import register_public_datasets
 
 __all__ = ["BUILTIN_LAYOUTS", "prepare_cncb_layout", "register_cncb_layout",
            "register_all_builtin", "datasets_root", "seg_json_path"]
@@ -91,6 +95,7 @@ def register_all_builtin(root: Optional[str] = None) -> List[str]:
         path = os.path.join(root, folder)
         if os.path.isdir(path):
             names += register_cncb_layout(path, prefix)
+    names += register_public_datasets(root, registered=DatasetCatalog.list())
     if names:
         logger.debug("registered builtin datasets under %s: %s", root, names)
     return names

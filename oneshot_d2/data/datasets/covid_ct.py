@@ -3,17 +3,18 @@
 Dataset dicts of classification sets carry ``file_name``, ``image_id``, ``image_label`` (int class
 index) and, when known, ``patient_id``. Their metadata carries ``image_classes`` (class names in
 index order) and ``evaluator_type = "ct_cls"``. Segmentation sets are COCO JSON registered through
-Detectron2's ``register_coco_instances`` (``evaluator_type = "coco"``).
+Detectron2's ``load_coco_json`` (``evaluator_type = "coco"``).
 """
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import os
 from typing import Callable, Dict, List, Optional, Sequence
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets import register_coco_instances
+from detectron2.data.datasets import load_coco_json
 
 from ..errors import DatasetError
 
@@ -108,16 +109,25 @@ def load_covidx_split(split_file: str, image_root: str,
     return dicts
 
 
+# Accepted names of the image-path column of a CSV manifest, in order of preference.
+FILE_COLUMNS = ("file_name", "path", "image", "filename")
+
+
 def _read_manifest(csv_file: str) -> List[Dict[str, str]]:
     if not os.path.isfile(csv_file):
         raise DatasetError(f"{csv_file}: manifest not found")
     with open(csv_file, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
-        missing = {"file_name", "label"} - set(reader.fieldnames or ())
+        fields = set(reader.fieldnames or ())
+        file_col = next((c for c in FILE_COLUMNS if c in fields), None)
+        missing = ({"label"} - fields) | ({"file_name"} if file_col is None else set())
         if missing:
             raise DatasetError(f"{csv_file}: manifest lacks column(s) {sorted(missing)}; "
-                               "expected file_name,label[,patient_id][,split]")
-        return list(reader)
+                               "expected file_name (or path),label[,patient_id][,split]")
+        rows = list(reader)
+    for row in rows:
+        row["file_name"] = row[file_col]
+    return rows
 
 
 def manifest_classes(csv_file: str) -> List[str]:
@@ -199,9 +209,30 @@ def register_csv_cls(name: str, csv_file: str, class_names: Optional[Sequence[st
                     manifest=csv_file)
 
 
+def load_ct_seg_json(json_file: str, image_root: str, dataset_name: str) -> List[Dict]:
+    """Detectron2's ``load_coco_json`` plus the images' ``patient_id`` (when the JSON has it),
+    with a clear error for a missing or malformed file."""
+    if not os.path.isfile(json_file):
+        raise DatasetError(f"{json_file}: COCO annotation file not found (dataset "
+                           f"{dataset_name!r})")
+    try:
+        with open(json_file, encoding="utf-8") as f:
+            images = json.load(f)["images"]
+        dicts = load_coco_json(json_file, image_root, dataset_name)
+    except (ValueError, KeyError, TypeError) as e:
+        raise DatasetError(f"{json_file}: not a valid COCO instance file ({e})") from e
+    patients = {img["id"]: img.get("patient_id") for img in images}
+    for d in dicts:
+        d["patient_id"] = patients.get(d["image_id"])
+    return dicts
+
+
 def register_ct_seg(name: str, json_file: str, image_root: str,
                     class_names: Optional[Sequence[str]] = None) -> None:
     """Register a COCO instance JSON (e.g. from :func:`cncb_masks_to_coco`) as a lesion
-    segmentation dataset, through Detectron2's ``register_coco_instances``."""
+    segmentation dataset: what Detectron2's ``register_coco_instances`` does, keeping the
+    images' ``patient_id`` in the dataset dicts (used by the dataset checker)."""
+    DatasetCatalog.register(name, lambda: load_ct_seg_json(json_file, image_root, name))
     metadata = {"thing_classes": list(class_names)} if class_names else {}
-    register_coco_instances(name, metadata, json_file, image_root)
+    MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root,
+                                  evaluator_type="coco", **metadata)

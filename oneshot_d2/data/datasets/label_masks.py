@@ -167,6 +167,15 @@ def cncb_masks_to_coco(root: str, split_file: str, mode: str = "merge", min_area
     items = [(os.path.join(image_dir, name),
               os.path.join(mask_dir, os.path.splitext(name)[0] + ".png"))
              for name in read_split_file(split_path)]
-    return label_masks_to_coco(items, image_dir, CNCB_CATEGORY_VALUES[mode],
+    source = f"CNCB-NCOV {split_path} ({mode})"
+    coco = label_masks_to_coco(items, image_dir, CNCB_CATEGORY_VALUES[mode],
                                allowed_values=CNCB_MASK_VALUES, min_area=min_area,
-                               out_json=out_json, source=f"CNCB-NCOV {split_path} ({mode})")
+                               source=source)
+    for img in coco["images"]:  # CNCB names are <patient>_<slice>
+        stem = os.path.splitext(os.path.basename(img["file_name"]))[0]
+        img["patient_id"] = stem.rsplit("_", 1)[0] if "_" in stem else None
+    if out_json:
+        atomic_write_json(out_json, coco)
+        logger.info("%s: %d images, %d instances -> %s", source, len(coco["images"]),
+                    len(coco["annotations"]), out_json)
+    return coco

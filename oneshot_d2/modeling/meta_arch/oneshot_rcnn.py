@@ -33,8 +33,7 @@ class OneShotRCNN(GeneralizedRCNN):
 
     @configurable
     def __init__(self, *, image_head: torch.nn.Module, image_loss_weight: float = 1.0,
-                 image_loss_reduction: str = "sum", per_image_standardize: bool = True,
-                 **kwargs):
+                 image_loss_reduction: str = "sum", per_image_standardize: bool = True, **kwargs):
         """
         Args:
             image_head: an image head from ``IMAGE_HEAD_REGISTRY``.
@@ -53,6 +52,9 @@ class OneShotRCNN(GeneralizedRCNN):
         self.image_head = image_head
         self.image_loss_weight = image_loss_weight
         self.image_loss_reduction = image_loss_reduction
+        # False: classification items in training batches are ignored (no forward, no loss);
+        # set by the trainer's ImageLossStartHook (MODEL.ONESHOT.IMAGE_HEAD.LOSS_START_ITER).
+        self.image_loss_enabled = True
         self.per_image_standardize = per_image_standardize
 
     @classmethod
@@ -94,6 +96,8 @@ class OneShotRCNN(GeneralizedRCNN):
         if len(seg) + len(cls_items) < len(batched_inputs):
             raise ValueError("every training input needs 'instances' (segmentation item) or "
                              "'image_label' (classification item)")
+        if not self.image_loss_enabled:
+            cls_items = []
         losses = super().forward(seg) if seg else {}
         if cls_items:
             losses.update(self.image_losses(cls_items))

@@ -1,0 +1,233 @@
+"""Converters for public chest-CT datasets to the project's registered datasets.
+
+Three source layouts, each described by a ``manifest.csv`` (as in the team's shared copies; the
+same functions serve users' own copies laid out the same way):
+
+* **MedSeg-style** multiclass slices (``split,image,mask,...``; mask pixel values 0 background,
+  1 ground-glass opacity, 2 consolidation; palette or grey PNG) -> COCO JSON per split, in
+  ``merge`` (one "lesion" class) and ``separate`` (GGO, consolidation) modes.
+* **COVID-19-CT-Seg-style** binary slices (``volume,ct,infection[,lungs]``; infection 0/255 or
+  0/1) -> COCO JSON, split **by volume** (never by slice: neighbouring slices are near copies).
+  Every record keeps its volume as ``patient_id``.
+* **UCSD COVID-CT-style** classification manifest (``path|file_name,label,split,patient_id``;
+  labels COVID / NonCOVID) -> registered directly from the manifest.
+
+:func:`prepare_public_datasets` writes ``<out>/public/index.json`` that
+:func:`register_public_datasets` (called at import for ``$DETECTRON2_DATASETS``) reads.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+from typing import Dict, List, Mapping, Optional, Sequence
+
+from ..errors import DatasetError
+from ..io import atomic_write_json
+from .covid_ct import register_csv_cls, register_ct_seg
+from .label_masks import label_masks_to_coco
+
+__all__ = ["MEDSEG_CATEGORY_VALUES", "BINARY_LESION_VALUES", "UCSD_CLASSES",
+           "read_manifest", "medseg_to_coco", "covid19_ct_seg_to_coco", "split_volumes",
+           "prepare_public_datasets", "register_public_datasets", "public_index_path"]
+
+logger = logging.getLogger(__name__)
+
+MEDSEG_MASK_VALUES = (0, 1, 2)
+MEDSEG_CATEGORY_VALUES = {
+    "merge": {"lesion": (1, 2)},
+    "separate": {"GGO": (1,), "consolidation": (2,)},
+}
+# Binary infection masks: 255 in the processed PNGs, 1 in the original NIfTI-derived masks.
+BINARY_LESION_VALUES = {"lesion": (1, 255)}
+BINARY_MASK_VALUES = (0, 1, 255)
+# Index order = class ids: 0 NonCOVID, 1 COVID.
+UCSD_CLASSES = ("NonCOVID", "COVID")
+
+
+def read_manifest(csv_file: str, required: Sequence[str]) -> List[Dict[str, str]]:
+    """Rows of a CSV manifest as dicts (values stripped).
+
+    Raises:
+        DatasetError: missing file, missing columns, or no rows; the message names the file.
+    """
+    if not os.path.isfile(csv_file):
+        raise DatasetError(f"{csv_file}: manifest not found")
+    with open(csv_file, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = set(required) - set(reader.fieldnames or ())
+        if missing:
+            raise DatasetError(f"{csv_file}: manifest lacks column(s) {sorted(missing)} "
+                               f"(has {reader.fieldnames})")
+        rows = [{k: (v or "").strip() for k, v in row.items() if k is not None}
+                for row in reader]
+    if not rows:
+        raise DatasetError(f"{csv_file}: manifest has no rows")
+    return rows
+
+
+def medseg_to_coco(root: str, out_dir: str, modes: Sequence[str] = ("merge", "separate"),
+                   min_area: int = 100, manifest: str = "manifest.csv") -> Dict[str, str]:
+    """Convert a MedSeg-style folder to COCO JSON, one file per (split, mode).
+
+    Args:
+        root: folder with the manifest; ``image`` / ``mask`` paths are relative to it.
+        out_dir: where ``medseg_<split>_<mode>.json`` go (``file_name`` relative to ``root``).
+        modes: ``merge`` and/or ``separate``.
+        min_area: connected components with at most this many pixels are dropped (papers: 100).
+    Returns:
+        ``{"<split>_<mode>": json_path}``.
+    """
+    csv_file = os.path.join(root, manifest)
+    rows = read_manifest(csv_file, ("split", "image", "mask"))
+    out = {}
+    for split in sorted({r["split"] for r in rows}):
+        items = [(os.path.join(root, r["image"]), os.path.join(root, r["mask"]))
+                 for r in rows if r["split"] == split]
+        for mode in modes:
+            if mode not in MEDSEG_CATEGORY_VALUES:
+                raise ValueError(f"mode must be one of {sorted(MEDSEG_CATEGORY_VALUES)}, "
+                                 f"got {mode!r}")
+            path = os.path.join(out_dir, f"medseg_{split}_{mode}.json")
+            label_masks_to_coco(items, root, MEDSEG_CATEGORY_VALUES[mode],
+                                allowed_values=MEDSEG_MASK_VALUES, min_area=min_area,
+                                out_json=path, source=f"MedSeg {csv_file} {split} ({mode})")
+            out[f"{split}_{mode}"] = path
+    return out
+
+
+def split_volumes(volumes: Sequence[str], test_volumes: Optional[Sequence[str]] = None,
+                  test_fraction: float = 0.25) -> Dict[str, List[str]]:
+    """Split volume ids into train / test sets (whole volumes only).
+
+    Args:
+        volumes: all volume ids.
+        test_volumes: explicit test volumes; default: the last ``ceil(test_fraction * n)``
+            volumes in sorted order (deterministic, documented in the output index).
+    Raises:
+        DatasetError: unknown test volume, or a split that would be empty.
+    """
+    vols = sorted(set(volumes))
+    if test_volumes:
+        unknown = sorted(set(test_volumes) - set(vols))
+        if unknown:
+            raise DatasetError(f"test volumes {unknown} not in the manifest (has {vols})")
+        test = sorted(set(test_volumes))
+    else:
+        test = vols[len(vols) - max(1, math.ceil(test_fraction * len(vols))):]
+    train = [v for v in vols if v not in test]
+    if not train or not test:
+        raise DatasetError(f"cannot split volumes {vols} into non-empty train and test sets")
+    return {"train": train, "test": test}
+
+
+def covid19_ct_seg_to_coco(root: str, out_dir: str, test_volumes: Optional[Sequence[str]] = None,
+                           test_fraction: float = 0.25, min_area: int = 100,
+                           manifest: str = "manifest.csv") -> Dict[str, str]:
+    """Convert a COVID-19-CT-Seg-style folder to COCO JSON, split by volume.
+
+    Image entries carry ``patient_id`` = the volume id (kept in Detectron2's dataset dicts by
+    :func:`~oneshot_d2.data.datasets.register_ct_seg`).
+
+    Returns:
+        ``{"train": json_path, "test": json_path}``; the volumes of each split are written in
+        the JSON's ``info``.
+    """
+    csv_file = os.path.join(root, manifest)
+    rows = read_manifest(csv_file, ("volume", "ct", "infection"))
+    splits = split_volumes([r["volume"] for r in rows], test_volumes, test_fraction)
+    out = {}
+    for split, vols in splits.items():
+        chosen = [r for r in rows if r["volume"] in vols]
+        items = [(os.path.join(root, r["ct"]), os.path.join(root, r["infection"]))
+                 for r in chosen]
+        coco = label_masks_to_coco(items, root, BINARY_LESION_VALUES,
+                                   allowed_values=BINARY_MASK_VALUES, min_area=min_area,
+                                   source=f"COVID-19-CT-Seg {csv_file} {split}")
+        for img, row in zip(coco["images"], chosen):
+            img["patient_id"] = row["volume"]
+        coco["info"]["volumes"] = vols
+        path = os.path.join(out_dir, f"covid19_ct_seg_{split}.json")
+        atomic_write_json(path, coco)
+        logger.info("COVID-19-CT-Seg %s: volumes %s, %d slices, %d instances -> %s", split,
+                    vols, len(coco["images"]), len(coco["annotations"]), path)
+        out[split] = path
+    return out
+
+
+def public_index_path(out_root: str) -> str:
+    """``<out_root>/public/index.json``."""
+    return os.path.join(out_root, "public", "index.json")
+
+
+def prepare_public_datasets(out_root: str, medseg: Optional[str] = None,
+                            covid19_ct_seg: Optional[str] = None, ucsd: Optional[str] = None,
+                            test_volumes: Optional[Sequence[str]] = None,
+                            min_area: int = 100) -> Dict[str, Dict]:
+    """Convert the given sources and write the registration index.
+
+    Args:
+        out_root: ``$DETECTRON2_DATASETS`` (converted files go to ``out_root/public``).
+        medseg, covid19_ct_seg, ucsd: source folders (with ``manifest.csv``); ``None`` skips.
+        test_volumes: COVID-19-CT-Seg test volumes (default: the last quarter, sorted).
+    Returns:
+        The index: dataset name -> registration entry. Entries of an earlier run for sources
+        not given now are kept.
+    """
+    out_dir = os.path.join(out_root, "public")
+    index_file = public_index_path(out_root)
+    index: Dict[str, Dict] = {}
+    if os.path.isfile(index_file):
+        with open(index_file, encoding="utf-8") as f:
+            index = json.load(f)
+    if medseg:
+        root = os.path.abspath(medseg)
+        for key, path in medseg_to_coco(root, out_dir, min_area=min_area).items():
+            split, mode = key.rsplit("_", 1)
+            name = f"medseg_seg_{split}" if mode == "merge" else f"medseg_seg_sep_{split}"
+            index[name] = {"type": "seg", "json": os.path.abspath(path), "image_root": root,
+                           "classes": list(MEDSEG_CATEGORY_VALUES[mode])}
+    if covid19_ct_seg:
+        root = os.path.abspath(covid19_ct_seg)
+        for split, path in covid19_ct_seg_to_coco(root, out_dir, test_volumes,
+                                                  min_area=min_area).items():
+            index[f"covid19_ct_seg_{split}"] = {
+                "type": "seg", "json": os.path.abspath(path), "image_root": root,
+                "classes": list(BINARY_LESION_VALUES)}
+    if ucsd:
+        csv_file = os.path.abspath(os.path.join(ucsd, "manifest.csv"))
+        rows = read_manifest(csv_file, ("label", "split"))
+        for split in sorted({r["split"] for r in rows}):
+            index[f"ucsd_cls_{split}"] = {"type": "cls", "manifest": csv_file, "split": split,
+                                          "classes": list(UCSD_CLASSES)}
+    atomic_write_json(index_file, index)
+    logger.info("public datasets index -> %s: %s", index_file, sorted(index))
+    return index
+
+
+def register_public_datasets(out_root: str, registered: Sequence[str] = ()) -> List[str]:
+    """Register the datasets listed in ``out_root/public/index.json`` (if present), skipping
+    names in ``registered``. Returns the names registered now."""
+    index_file = public_index_path(out_root)
+    if not os.path.isfile(index_file):
+        return []
+    try:
+        with open(index_file, encoding="utf-8") as f:
+            index: Mapping[str, Dict] = json.load(f)
+    except (OSError, ValueError) as e:
+        raise DatasetError(f"{index_file}: unreadable dataset index ({e})") from e
+    names = []
+    for name, entry in index.items():
+        if name in registered:
+            continue
+        if entry.get("type") == "seg":
+            register_ct_seg(name, entry["json"], entry["image_root"], entry["classes"])
+        elif entry.get("type") == "cls":
+            register_csv_cls(name, entry["manifest"], entry["classes"], split=entry["split"])
+        else:
+            raise DatasetError(f"{index_file}: entry {name!r} has unknown type "
+                               f"{entry.get('type')!r}")
+        names.append(name)
+    return names

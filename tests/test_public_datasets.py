@@ -1,0 +1,226 @@
+"""Public-dataset converters, registration and the dataset checker.
+
+Small synthetic copies of the three layouts run everywhere; the real shared copies
+(``../shared/data``) are converted and checked when present, and skipped otherwise.
+"""
+import csv
+import json
+import os
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from PIL import Image
+
+from oneshot_d2.data import DatasetError
+from oneshot_d2.data.check import check_dataset_splits
+from oneshot_d2.data.datasets import register_cncb_layout
+from oneshot_d2.data.datasets.public_ct import (
+    covid19_ct_seg_to_coco, medseg_to_coco, prepare_public_datasets, register_public_datasets,
+    split_volumes,
+)
+
+from conftest import REPO
+
+SHARED = os.path.abspath(os.path.join(REPO, "..", "shared", "data"))
+needs_shared = pytest.mark.skipif(
+    not os.path.isdir(SHARED),
+    reason=f"real public data not found at {SHARED} (team-internal copy; see datasets/README.md)")
+
+
+def _write_csv(path, header, rows):
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+
+
+def _slice(seed, h=64, w=48):
+    rng = np.random.default_rng(seed)
+    return (rng.random((h, w)) * 255).astype(np.uint8)
+
+
+def make_medseg(root, palette=True):
+    """4 slices: palette PNG masks with a GGO (1) and a consolidation (2) blob."""
+    os.makedirs(os.path.join(root, "images"))
+    os.makedirs(os.path.join(root, "masks"))
+    rows = []
+    for i in range(4):
+        cv2.imwrite(os.path.join(root, "images", f"{i}.jpg"), _slice(i))
+        m = np.zeros((64, 48), np.uint8)
+        m[5:20, 5:20] = 1
+        m[30:50, 25:45] = 2
+        im = Image.fromarray(m, mode="L")
+        if palette:
+            im = im.convert("P")
+            im.putpalette([0, 0, 0, 0, 128, 0, 0, 0, 128] + [0] * 759)
+        im.save(os.path.join(root, "masks", f"{i}.png"))
+        rows.append(["train" if i < 2 else "test", i, f"images/{i}.jpg", f"masks/{i}.png"])
+    _write_csv(os.path.join(root, "manifest.csv"), ["split", "slice_id", "image", "mask"], rows)
+
+
+def make_c19(root, volumes=("v01", "v02", "v03", "v04")):
+    for sub in ("ct", "infection", "lungs"):
+        os.makedirs(os.path.join(root, sub))
+    rows = []
+    for k, vol in enumerate(volumes):
+        for j in range(2):
+            idx = f"{k:02d}{j:02d}"
+            cv2.imwrite(os.path.join(root, "ct", f"{idx}.png"), _slice(k * 10 + j, 32, 32))
+            m = np.zeros((32, 32), np.uint8)
+            m[4:20, 4:20] = 255
+            cv2.imwrite(os.path.join(root, "infection", f"{idx}.png"), m)
+            cv2.imwrite(os.path.join(root, "lungs", f"{idx}.png"), m)
+            rows.append([idx, vol, f"ct/{idx}.png", f"infection/{idx}.png", f"lungs/{idx}.png"])
+    _write_csv(os.path.join(root, "manifest.csv"),
+               ["index", "volume", "ct", "infection", "lungs"], rows)
+
+
+def make_ucsd(root, leak=False):
+    os.makedirs(os.path.join(root, "CT_COVID"))
+    os.makedirs(os.path.join(root, "CT_NonCOVID"))
+    rows = []
+    for i in range(6):
+        label = "COVID" if i % 2 else "NonCOVID"
+        rgba = np.dstack([_slice(50 + i, 40, 40)] * 3 + [np.full((40, 40), 255, np.uint8)])
+        path = f"CT_{label}/{i}.png"
+        Image.fromarray(rgba, mode="RGBA").save(os.path.join(root, path))
+        split = "train" if i < 4 else "val"
+        patient = f"P{i}" if not (leak and i == 4) else "P0"
+        rows.append([path, label, split, patient])
+    _write_csv(os.path.join(root, "manifest.csv"), ["path", "label", "split", "patient_id"], rows)
+
+
+def test_medseg_palette_masks_to_coco(tmp_path):
+    make_medseg(str(tmp_path / "medseg"))
+    out = medseg_to_coco(str(tmp_path / "medseg"), str(tmp_path / "out"), min_area=10)
+    assert set(out) == {"train_merge", "train_separate", "test_merge", "test_separate"}
+    sep = json.loads(open(out["train_separate"]).read())
+    assert [c["name"] for c in sep["categories"]] == ["GGO", "consolidation"]
+    assert sorted(a["category_id"] for a in sep["annotations"]) == [1, 1, 2, 2]
+    ggo = [a for a in sep["annotations"] if a["category_id"] == 1][0]
+    assert ggo["area"] == 15 * 15 and ggo["bbox"] == [5.0, 5.0, 15.0, 15.0]
+    merge = json.loads(open(out["test_merge"]).read())
+    assert len(merge["annotations"]) == 4 and len(merge["images"]) == 2
+
+
+def test_medseg_bad_mask_value_names_file(tmp_path):
+    root = str(tmp_path / "medseg")
+    make_medseg(root, palette=False)
+    cv2.imwrite(os.path.join(root, "masks", "1.png"), np.full((64, 48), 7, np.uint8))
+    with pytest.raises(DatasetError, match=r"1\.png: mask values \[7\]"):
+        medseg_to_coco(root, str(tmp_path / "out"))
+
+
+def test_split_volumes():
+    assert split_volumes(["v2", "v1", "v3", "v4", "v1"]) == {"train": ["v1", "v2", "v3"],
+                                                            "test": ["v4"]}
+    assert split_volumes(["a", "b", "c"], test_volumes=["a"]) == {"train": ["b", "c"],
+                                                                 "test": ["a"]}
+    with pytest.raises(DatasetError, match="not in the manifest"):
+        split_volumes(["a", "b"], test_volumes=["z"])
+    with pytest.raises(DatasetError, match="non-empty"):
+        split_volumes(["a"])
+
+
+def test_covid19_ct_seg_split_by_volume(tmp_path):
+    make_c19(str(tmp_path / "c19"))
+    out = covid19_ct_seg_to_coco(str(tmp_path / "c19"), str(tmp_path / "out"), min_area=10)
+    train, test = (json.loads(open(out[s]).read()) for s in ("train", "test"))
+    assert train["info"]["volumes"] == ["v01", "v02", "v03"] and test["info"]["volumes"] == ["v04"]
+    assert {i["patient_id"] for i in train["images"]} == {"v01", "v02", "v03"}
+    assert len(test["images"]) == 2 and len(test["annotations"]) == 2
+
+
+def test_prepare_register_and_check(tmp_path, unique_name):
+    make_medseg(str(tmp_path / "medseg"))
+    make_c19(str(tmp_path / "c19"))
+    make_ucsd(str(tmp_path / "ucsd"))
+    out = str(tmp_path / "d2")
+    index = prepare_public_datasets(out, str(tmp_path / "medseg"), str(tmp_path / "c19"),
+                                    str(tmp_path / "ucsd"), min_area=10)
+    assert set(index) == {"medseg_seg_train", "medseg_seg_test", "medseg_seg_sep_train",
+                          "medseg_seg_sep_test", "covid19_ct_seg_train", "covid19_ct_seg_test",
+                          "ucsd_cls_train", "ucsd_cls_val"}
+    # register under unique names (the catalog is global to the test session)
+    prefix = unique_name + "_pub"
+    renamed = {f"{prefix}_{k}": v for k, v in index.items()}
+    with open(os.path.join(out, "public", "index.json"), "w") as f:
+        json.dump(renamed, f)
+    names = register_public_datasets(out)
+    assert set(names) == set(renamed)
+    ucsd = DatasetCatalog.get(f"{prefix}_ucsd_cls_train")
+    assert [d["image_label"] for d in ucsd] == [0, 1, 0, 1]
+    assert MetadataCatalog.get(f"{prefix}_ucsd_cls_val").image_classes == ["NonCOVID", "COVID"]
+    seg = DatasetCatalog.get(f"{prefix}_covid19_ct_seg_test")
+    assert {d["patient_id"] for d in seg} == {"v04"}
+    assert MetadataCatalog.get(f"{prefix}_covid19_ct_seg_test").evaluator_type == "coco"
+
+    report = check_dataset_splits(
+        [f"{prefix}_covid19_ct_seg_train", f"{prefix}_ucsd_cls_train"],
+        [f"{prefix}_covid19_ct_seg_test", f"{prefix}_ucsd_cls_val"])
+    assert report.ok, report.summary()
+    assert report.stats[f"{prefix}_ucsd_cls_train"]["classes"] == {"NonCOVID": 2, "COVID": 2}
+    assert not report.problems("patient leakage")
+
+
+def test_checker_finds_leakage_and_bad_images(tmp_path, unique_name):
+    root = str(tmp_path / "ucsd")
+    make_ucsd(root, leak=True)
+    # an unreadable image and a duplicated file across splits
+    with open(os.path.join(root, "CT_COVID", "5.png"), "wb") as f:
+        f.write(b"not an image")
+    prefix = unique_name + "_leak"
+    prepare_public_datasets(str(tmp_path / "d2"), ucsd=root)
+    index = json.load(open(os.path.join(tmp_path, "d2", "public", "index.json")))
+    with open(os.path.join(tmp_path, "d2", "public", "index.json"), "w") as f:
+        json.dump({f"{prefix}_{k}": v for k, v in index.items()}, f)
+    register_public_datasets(str(tmp_path / "d2"))
+    shutil.copy(os.path.join(root, "CT_NonCOVID", "0.png"), os.path.join(root, "CT_NonCOVID",
+                                                                       "4.png"))
+    report = check_dataset_splits([f"{prefix}_ucsd_cls_train"], [f"{prefix}_ucsd_cls_val"])
+    assert not report.ok
+    leaks = report.problems("patient leakage")
+    assert len(leaks) == 1 and leaks[0].file == "patient P0"
+    assert any("unreadable image" in f.problem and f.file.endswith("5.png")
+               for f in report.errors)
+    assert any("identical image content" in f.problem and f.severity == "error"
+               for f in report.findings)
+
+
+def test_checker_on_phantom(phantom_root, unique_name):
+    prefix = unique_name + "_chk"
+    register_cncb_layout(phantom_root, prefix)
+    report = check_dataset_splits([f"{prefix}_seg_train", f"{prefix}_cls_train"],
+                                  [f"{prefix}_seg_test", f"{prefix}_cls_test"])
+    assert report.ok, report.summary()
+    assert report.stats[f"{prefix}_seg_train"]["patients"] > 0
+    assert not report.problems("not checkable")
+
+
+@needs_shared
+def test_shared_real_data_convert_and_check(tmp_path, unique_name):
+    out = str(tmp_path / "d2")
+    index = prepare_public_datasets(
+        out, os.path.join(SHARED, "medseg98"), os.path.join(SHARED, "covid19_ct_seg"),
+        os.path.join(SHARED, "ucsd_covid_ct"))
+    prefix = unique_name + "_real"
+    with open(os.path.join(out, "public", "index.json"), "w") as f:
+        json.dump({f"{prefix}_{k}": v for k, v in index.items()}, f)
+    register_public_datasets(out)
+    medseg = DatasetCatalog.get(f"{prefix}_medseg_seg_sep_train")
+    assert len(medseg) == 50
+    assert {a["category_id"] for d in medseg for a in d["annotations"]} == {0, 1}
+    c19_test = DatasetCatalog.get(f"{prefix}_covid19_ct_seg_test")
+    assert {d["patient_id"] for d in c19_test} == {"v07", "v08"}
+    assert len(DatasetCatalog.get(f"{prefix}_ucsd_cls_train")) == 425
+    report = check_dataset_splits(
+        [f"{prefix}_covid19_ct_seg_train", f"{prefix}_ucsd_cls_train",
+         f"{prefix}_medseg_seg_train"],
+        [f"{prefix}_covid19_ct_seg_test", f"{prefix}_ucsd_cls_val",
+         f"{prefix}_medseg_seg_test"], hash_content=True)
+    # UCSD's official split is patient-disjoint; volumes split cleanly; medseg has no ids
+    assert not report.problems("patient leakage"), report.summary()
+    assert report.problems("not checkable")
