@@ -24,6 +24,8 @@ import math
 import os
 from typing import Dict, List, Mapping, Optional, Sequence
 
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
 from ..errors import DatasetError
 from ..io import atomic_write_json
 from .covid_ct import register_csv_cls, register_ct_seg
@@ -207,9 +209,12 @@ def prepare_public_datasets(out_root: str, medseg: Optional[str] = None,
     return index
 
 
-def register_public_datasets(out_root: str, registered: Sequence[str] = ()) -> List[str]:
+def register_public_datasets(out_root: str, registered: Sequence[str] = (),
+                             replace: bool = False) -> List[str]:
     """Register the datasets listed in ``out_root/public/index.json`` (if present), skipping
-    names in ``registered``. Returns the names registered now."""
+    names in ``registered``. With ``replace``, names already in Detectron2's catalogs (e.g.
+    registered on import from an earlier index) are dropped and registered again from the
+    current index. Returns the names registered now."""
     index_file = public_index_path(out_root)
     if not os.path.isfile(index_file):
         return []
@@ -222,6 +227,9 @@ def register_public_datasets(out_root: str, registered: Sequence[str] = ()) -> L
     for name, entry in index.items():
         if name in registered:
             continue
+        if replace and name in DatasetCatalog.list():
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
         if entry.get("type") == "seg":
             register_ct_seg(name, entry["json"], entry["image_root"], entry["classes"])
         elif entry.get("type") == "cls":
