@@ -21,21 +21,20 @@ setup(
     python_requires=">=3.9",
     packages=find_packages(exclude=("configs", "tests", "tests.*", "tools", "datasets")),
     # Detectron2 is not on PyPI: it is installed from its repository (official route) or built by
-    # tools/install.sh from the pb1-detectron2 sdist, so it is not listed here (as in D2 projects).
+    # tools/install.sh from the pb1-detectron2 sdist, so it is not listed here (as in D2 projects),
+    # nor are its own dependencies (fvcore, iopath, ...). The list below is exactly the third-party
+    # packages that oneshot_d2/, tools/ and datasets/ import (tests/test_install.py checks it).
     install_requires=[
         "torch>=1.10",
         "torchvision",
         "numpy",
-        "fvcore>=0.1.5",
         "pycocotools>=2.0.2",
         "opencv-python-headless",
         "Pillow",
-        "scipy",
         "scikit-learn",
-        "matplotlib",
-        "tqdm",
-        "pydicom",
-        "nibabel",
+        "matplotlib",  # confusion_matrix.png (classification evaluator)
+        "nibabel",  # NIfTI volumes written by the phantom generator
+        "tabulate",
     ],
     extras_require={"test": ["pytest"]},
 )

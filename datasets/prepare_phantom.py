@@ -24,7 +24,8 @@ logger = logging.getLogger("prepare_phantom")
 def main(argv=None) -> int:
     defaults = PhantomSpec()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--root", default=None, help="output folder (default $DETECTRON2_DATASETS/phantom)")
+    p.add_argument("--root", default=None,
+                   help="output folder (default $DETECTRON2_DATASETS/phantom)")
     p.add_argument("--size", type=int, default=defaults.size, help="slice size in pixels")
     for key in ("seg_train", "seg_test", "cls_train", "cls_val", "cls_test", "slices_per_patient"):
         p.add_argument("--" + key.replace("_", "-"), type=int, default=getattr(defaults, key))

@@ -12,7 +12,6 @@ datasets ``medseg_seg[_sep]_{train,test}``, ``covid19_ct_seg_{train,test}`` and
 """
 import argparse
 import logging
-import os
 import sys
 
 from oneshot_d2.data import DatasetError

@@ -1,11 +1,19 @@
 """Remedies for running Detectron2 v0.6 on a modern stack (Python 3.11, torch 2.x, numpy 2,
 Pillow >= 10), and for running it without its compiled extension.
 
-Imported by ``oneshot_d2/__init__.py`` before any Detectron2 import. Each remedy checks the
-condition it fixes (never a version string), so on a full, newer Detectron2 every one is a no-op.
-:data:`APPLIED` lists the remedies that took effect in this process (logged at DEBUG level).
+Imported by ``oneshot_d2/__init__.py`` before any Detectron2 import, so ``import oneshot_d2``
+patches Detectron2, numpy and PIL for the whole process. Each remedy checks the condition it
+fixes (never a version string), so on a full, newer Detectron2 every one is a no-op.
+:data:`APPLIED` lists the remedies that took effect in this process; one INFO line on the
+``oneshot_d2.compat`` logger names them at import.
 
-Remedies (numbers follow ``design/detectron2_install.md``):
+Opt-out: with the environment variable ``ONESHOT_D2_NO_COMPAT=1`` (any value but empty or ``0``)
+set before ``import oneshot_d2``, no remedy is applied (:data:`APPLIED` stays empty, nothing
+is patched) and one WARNING line says so. Use it on a stack that needs none of them, or to
+supply your own fixes; on Pillow >= 10 or numpy >= 1.24 Detectron2 v0.6 then fails as it
+does unpatched.
+
+Remedies (the numbers are those of the README table "Detectron2 v0.6 on a modern stack"):
 
 1. ``PIL.Image.LINEAR`` removed in Pillow 10 -> alias to ``BILINEAR``.
 2. ``detectron2._C`` not built (registry route) -> a placeholder module, found only when no real
@@ -25,7 +33,7 @@ Remedies (numbers follow ``design/detectron2_install.md``):
     tensors and plain Python values.
 
 Also: Detectron2's modules call ``torch.jit.script`` at import, which torch >= 2.10 answers with
-a ``FutureWarning`` each time; that one message is filtered (nothing else).
+a ``FutureWarning`` each time; that one message is filtered (nothing else; not under the opt-out).
 """
 from __future__ import annotations
 
@@ -35,6 +43,7 @@ import importlib.machinery
 import importlib.util
 import inspect
 import logging
+import os
 import random
 import sys
 import types
@@ -44,6 +53,12 @@ logger = logging.getLogger(__name__)
 
 APPLIED: List[str] = []
 _PLACEHOLDER_C = "detectron2._C"
+OPT_OUT_ENV = "ONESHOT_D2_NO_COMPAT"
+
+
+def opted_out() -> bool:
+    """True when ``ONESHOT_D2_NO_COMPAT`` is set to anything but empty or ``0``."""
+    return os.environ.get(OPT_OUT_ENV, "").strip() not in ("", "0")
 
 
 # --------------------------------------------------------------------------------------------
@@ -64,7 +79,8 @@ class CompiledOpUnavailable(RuntimeError):
 
 def _make_placeholder_c() -> types.ModuleType:
     mod = types.ModuleType(_PLACEHOLDER_C)
-    mod.__doc__ = "Placeholder installed by oneshot_d2.compat: Detectron2 was built without C++ ops."
+    mod.__doc__ = ("Placeholder installed by oneshot_d2.compat: Detectron2 was built without "
+                   "C++ ops.")
     mod.__oneshot_placeholder__ = True
     mod.get_compiler_version = lambda: "not built (pure-Python Detectron2)"
     mod.get_cuda_version = lambda: "not built"
@@ -126,7 +142,10 @@ def _install_placeholder_c() -> None:
 
 def has_compiled_ops() -> bool:
     """True when Detectron2's C++ extension is really built (remedy 7: fast COCO eval)."""
-    import detectron2._C as C
+    try:
+        import detectron2._C as C
+    except ImportError:  # no extension and no placeholder (ONESHOT_D2_NO_COMPAT)
+        return False
 
     return not getattr(C, "__oneshot_placeholder__", False)
 
@@ -309,7 +328,12 @@ def _fix_cpu_launch() -> None:
 
 
 def apply_all() -> List[str]:
-    """Apply every remedy whose condition holds; idempotent. Returns :data:`APPLIED`."""
+    """Apply every remedy whose condition holds; idempotent. Returns :data:`APPLIED`.
+
+    Applies nothing when ``ONESHOT_D2_NO_COMPAT`` is set (:func:`opted_out`).
+    """
+    if opted_out():
+        return APPLIED
     import warnings
 
     warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
@@ -321,8 +345,17 @@ def apply_all() -> List[str]:
     _fix_lr_scheduler_state()
     _fix_trainer_state()
     _fix_cpu_launch()
-    logger.debug("oneshot_d2.compat remedies applied: %s", APPLIED)
     return APPLIED
 
 
-apply_all()
+def _apply_at_import() -> None:
+    if opted_out():
+        logger.warning("%s=%s: oneshot_d2.compat applied no remedy (Detectron2 v0.6 may fail "
+                       "on this stack)", OPT_OUT_ENV, os.environ[OPT_OUT_ENV])
+        return
+    apply_all()
+    logger.info("oneshot_d2.compat applied %d remedies: %s", len(APPLIED),
+                ", ".join(APPLIED) if APPLIED else "none (nothing to fix)")
+
+
+_apply_at_import()

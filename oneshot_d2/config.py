@@ -37,9 +37,13 @@ def _add_oneshot_model_config(cfg: CN) -> None:
     _C.MODEL.ONESHOT.IMAGE_HEAD.SIEVE_STAGES = 3
     # Stage order: "paper" Conv s2 -> BN -> ConvT s2 -> ReLU; "code" Conv -> BN -> ReLU -> ConvT.
     _C.MODEL.ONESHOT.IMAGE_HEAD.SIEVE_ORDER = "paper"
-    # Normalisation in the sieve and vectorisation (Detectron2 names): "BN" (papers). With several
-    # processes, BN running statistics stay per replica (Detectron2's DDP does not broadcast
-    # buffers): use "naiveSyncBN" (or "SyncBN" on GPUs) for identical replicas, or "GN".
+    # Normalisation in the sieve and vectorisation (Detectron2 names): "BN" (papers), "GN", ""...
+    # "BN" normalises over the RoIs of all classification images of a step; with several
+    # processes it is synchronised across them (naiveSyncBN), so replicas stay identical.
+    # BN needs >= 2 classification images per step (SOLVER.CLS_IMS_PER_BATCH): over one slice's
+    # RoIs it removes the slice-level mean of every channel in training but not at inference
+    # (running statistics); the trainer refuses that setting. "GN" normalises each RoI alone:
+    # identical in training and inference at any batch size (the CNCB paper configs, batch 1).
     _C.MODEL.ONESHOT.IMAGE_HEAD.NORM = "BN"
     # A: number of affinities (columns of the affinity matrix W1), papers test 32..512.
     _C.MODEL.ONESHOT.IMAGE_HEAD.NUM_AFFINITIES = 128
@@ -87,10 +91,14 @@ def _add_data_config(cfg: CN) -> None:
     # Optimizer of the image head: "" = SOLVER.OPTIMIZER (papers: one Adam for everything);
     # "Adam" beside SOLVER.OPTIMIZER "SGD" trains the head with Adam, the detector with SGD.
     _C.SOLVER.IMAGE_HEAD_OPTIMIZER = ""
-    # Z-score every image per channel with its own mean / std (the papers' "global mean / std"
-    # is per image); False uses MODEL.PIXEL_MEAN / PIXEL_STD as Detectron2 does. Used by
-    # OneShotRCNN.
-    _C.INPUT.PER_IMAGE_STANDARDIZE = True
+    # Input normalisation of CTRCNN (plain Mask R-CNN baseline) and OneShotRCNN alike:
+    # "per_image" z-scores every image per channel with its own mean / std (the papers' "global
+    # mean / std" is per image); "mean_std" uses MODEL.PIXEL_MEAN / PIXEL_STD as Detectron2 does.
+    _C.MODEL.PIXEL_NORM = "per_image"
+    _C.register_renamed_key(
+        "INPUT.PER_IMAGE_STANDARDIZE", "MODEL.PIXEL_NORM",
+        message="INPUT.PER_IMAGE_STANDARDIZE True/False is now MODEL.PIXEL_NORM "
+                "'per_image'/'mean_std', used by both CTRCNN and OneShotRCNN")
 
 
 def _add_evaluation_config(cfg: CN) -> CN:

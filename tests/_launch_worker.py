@@ -8,6 +8,7 @@ import oneshot_d2  # noqa: F401  isort: skip
 from detectron2.utils import comm
 from oneshot_d2.data.datasets.builtin import register_cncb_layout
 from oneshot_d2.engine import OneShotTrainer, setup
+from oneshot_d2.engine.utils import unwrap_model
 
 
 def train_and_fingerprint(args, phantom_root: str, out_file: str) -> None:
@@ -16,7 +17,7 @@ def train_and_fingerprint(args, phantom_root: str, out_file: str) -> None:
     trainer = OneShotTrainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()
-    model = trainer.model.module if hasattr(trainer.model, "module") else trainer.model
+    model = unwrap_model(trainer.model)
     digests = []
     for tensors in (model.named_parameters(), model.named_buffers()):
         digest = hashlib.sha256()

@@ -1,18 +1,18 @@
-"""Shared fixtures: a small phantom dataset (generated once per session) and CPU settings."""
+"""Fixtures: a small phantom dataset (generated once per session) and CPU settings. Helpers
+shared by the test modules are in ``common.py``."""
 import os
 import sys
 
 import pytest
 import torch
 
-import oneshot_d2  # noqa: F401  isort: skip  (compatibility remedies before Detectron2)
-
-from oneshot_d2.data.datasets.builtin import prepare_cncb_layout
-from oneshot_d2.data.phantom_dataset import PhantomSpec, write_phantom_dataset
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED_DATA = os.path.join(REPO, "..", "shared", "data")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import oneshot_d2  # noqa: E402,F401  isort: skip  (compatibility remedies before Detectron2)
+from common import REPO, SHARED_DATA  # noqa: E402,F401  (re-exported for older test modules)
+
+from oneshot_d2.data.datasets.builtin import prepare_cncb_layout  # noqa: E402
+from oneshot_d2.data.phantom_dataset import PhantomSpec, write_phantom_dataset  # noqa: E402
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 

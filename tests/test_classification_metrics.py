@@ -12,7 +12,9 @@ from detectron2.data import MetadataCatalog
 
 from oneshot_d2.evaluation import ClassificationEvaluator
 from oneshot_d2.evaluation.classification_metrics import (
-    classification_metrics, confusion_matrix, roc_auc_binary,
+    classification_metrics,
+    confusion_matrix,
+    roc_auc_binary,
 )
 
 NAMES3 = ["Normal", "CP", "COVID-19"]
@@ -75,6 +77,60 @@ def test_roc_auc_by_hand_with_ties():
     assert math.isnan(roc_auc_binary(np.array([1, 1]), np.array([0.1, 0.9])))
 
 
+def _pairwise_auc(is_pos, scores):
+    """Independent AUC: count ordered (positive, negative) pairs, ties one half."""
+    pos = [s for s, p in zip(scores, is_pos) if p]
+    neg = [s for s, p in zip(scores, is_pos) if not p]
+    wins = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a in pos for b in neg)
+    return wins / (len(pos) * len(neg))
+
+
+# 4 classes, 12 images; scores on a 0.1 grid so many ties, class 3 never the truth
+LAB4 = np.array([0, 0, 0, 1, 1, 1, 1, 2, 2, 0, 1, 2])
+PROB4 = np.array([
+    [0.5, 0.2, 0.2, 0.1], [0.4, 0.4, 0.1, 0.1], [0.2, 0.5, 0.2, 0.1], [0.1, 0.6, 0.2, 0.1],
+    [0.2, 0.4, 0.2, 0.2], [0.4, 0.2, 0.3, 0.1], [0.1, 0.3, 0.5, 0.1], [0.2, 0.2, 0.5, 0.1],
+    [0.1, 0.2, 0.3, 0.4], [0.5, 0.1, 0.2, 0.2], [0.2, 0.4, 0.3, 0.1], [0.2, 0.3, 0.3, 0.2],
+])
+
+
+def test_confusion_matrix_matches_a_counting_loop():
+    preds = PROB4.argmax(axis=1)  # ties -> the first class (numpy argmax): image 11 -> b
+    expected = np.zeros((4, 4), dtype=np.int64)
+    for t, p in zip(LAB4, preds):
+        expected[t, p] += 1
+    cm = confusion_matrix(LAB4, preds, 4)
+    assert cm.dtype == np.int64 and cm.tolist() == expected.tolist()
+    # and against the table written out by hand (rows = truth): not symmetric, so a transposed
+    # matrix fails
+    assert cm.tolist() == [[3, 1, 0, 0], [1, 3, 1, 0], [0, 1, 1, 1], [0, 0, 0, 0]]
+    assert confusion_matrix(np.zeros(0, int), np.zeros(0, int), 2).tolist() == [[0, 0], [0, 0]]
+
+
+def test_per_class_auc_matches_pairwise_count_with_ties():
+    r = classification_metrics(LAB4, PROB4, ["a", "b", "c", "d"])
+    for c, name in enumerate("abc"):
+        want = _pairwise_auc(LAB4 == c, PROB4[:, c])
+        assert r[f"auc/{name}"] == pytest.approx(100 * want, abs=1e-12)
+        assert roc_auc_binary(LAB4 == c, PROB4[:, c]) == pytest.approx(want, abs=1e-12)
+    # by hand for class b (positives = truth b): scores pos 0.6 0.4 0.2 0.3 0.4, neg 0.2 0.4 0.5
+    # 0.2 0.2 0.1 0.3 -> per positive: 0.6: 7, 0.4: 5.5 (twice), 0.2: 2.5, 0.3: 4.5 -> 25 of 35
+    assert r["auc/b"] == pytest.approx(100 * 25 / 35)
+    assert math.isnan(r["auc/d"])  # absent class: nan, not an exception
+    assert r["macro_auc"] == pytest.approx(
+        100 * np.mean([_pairwise_auc(LAB4 == c, PROB4[:, c]) for c in range(3)]))
+
+
+def test_roc_auc_positive_class_is_the_true_flag():
+    # swapping which side is positive turns AUC into 1 - AUC
+    is_pos = np.array([True, False, True, False, False])
+    scores = np.array([0.8, 0.8, 0.3, 0.2, 0.1])
+    assert roc_auc_binary(is_pos, scores) == pytest.approx(_pairwise_auc(is_pos, scores))
+    assert roc_auc_binary(is_pos, scores) == pytest.approx(4.5 / 6)
+    assert roc_auc_binary(~is_pos, scores) == pytest.approx(1.5 / 6)
+    assert math.isnan(roc_auc_binary(is_pos, np.array([0.8, np.nan, 0.3, 0.2, 0.1])))
+
+
 def test_perfect_predictions():
     labels = np.array([0, 1, 2, 1])
     r = classification_metrics(labels, _onehot(labels), NAMES3)
@@ -123,8 +179,8 @@ def test_evaluator_writes_reports(tmp_path):
     ev.reset()
     labels = [0, 1, 2, 2]
     preds = [0, 1, 2, 1]
-    inputs = [{"image_id": f"img{i}", "file_name": f"/d/img{i}.png", "image_label": l}
-              for i, l in enumerate(labels)]
+    inputs = [{"image_id": f"img{i}", "file_name": f"/d/img{i}.png", "image_label": lab}
+              for i, lab in enumerate(labels)]
     outputs = [{"image_cls": torch.as_tensor(_onehot([p])[0], dtype=torch.float32)}
                for p in preds]
     ev.process(inputs[:2], outputs[:2])

@@ -13,9 +13,9 @@ from conftest import REPO
 FAMILIES = {
     "affinity_quick": ("quick_schedules/oneshot_affinity_R_18_FPN_phantom_quick.yaml", "merge"),
     "lstm_quick": ("quick_schedules/oneshot_lstm_attn_R_18_FPN_phantom_quick.yaml", "merge"),
-    "affinity_R50_paper": ("covid/oneshot_affinity_R_50_FPN_A64_cncb.yaml", "merge"),
-    "lstm_X101_paper": ("covid/oneshot_lstm_attn_X_101_32x8d_FPN_cncb.yaml", "separate"),
-    "affinity_R18_faithful": ("covid/oneshot_affinity_R_18_faithful_cncb.yaml", "merge"),
+    "affinity_R50_paper": ("covid/oneshot_affinity_R_50_FPN_A64_100ep_cncb.yaml", "merge"),
+    "lstm_X101_paper": ("covid/oneshot_lstm_attn_X_101_32x8d_FPN_50ep_cncb.yaml", "separate"),
+    "affinity_R18_faithful": ("covid/oneshot_affinity_R_18_faithful_100ep_cncb.yaml", "merge"),
 }
 
 

@@ -101,10 +101,14 @@ def _one_item_root(tmp_path, img=None, mask=None, stem="9_000"):
     return root
 
 
-def test_error_missing_image(tmp_path):
+@pytest.mark.parametrize("removed, message", [
+    (("imgs", "9_000.jpg"), r"9_000\.jpg: image file not found"),
+    (("masks", "9_000.png"), r"9_000\.png: mask file not found"),
+])
+def test_error_missing_file(tmp_path, removed, message):
     root = _one_item_root(tmp_path)
-    os.remove(os.path.join(root, "imgs", "9_000.jpg"))
-    with pytest.raises(DatasetError, match=r"9_000\.jpg: image file not found"):
+    os.remove(os.path.join(root, *removed))
+    with pytest.raises(DatasetError, match=message):
         cncb_masks_to_coco(root, "split.txt")
 
 
@@ -113,13 +117,6 @@ def test_error_unreadable_image(tmp_path):
     with open(os.path.join(root, "imgs", "9_000.jpg"), "wb") as f:
         f.write(b"not an image")
     with pytest.raises(DatasetError, match=r"9_000\.jpg: unreadable image"):
-        cncb_masks_to_coco(root, "split.txt")
-
-
-def test_error_missing_mask(tmp_path):
-    root = _one_item_root(tmp_path)
-    os.remove(os.path.join(root, "masks", "9_000.png"))
-    with pytest.raises(DatasetError, match=r"9_000\.png: mask file not found"):
         cncb_masks_to_coco(root, "split.txt")
 
 

@@ -8,8 +8,14 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from oneshot_d2.data import DatasetError
 from oneshot_d2.data.datasets import (
-    COVIDX_CLASSES, load_covidx_split, load_csv_manifest, parse_covidx_name, parse_label,
-    register_covidx_cls, register_csv_cls, register_ct_seg,
+    COVIDX_CLASSES,
+    load_covidx_split,
+    load_csv_manifest,
+    parse_covidx_name,
+    parse_label,
+    register_covidx_cls,
+    register_csv_cls,
+    register_ct_seg,
 )
 from oneshot_d2.data.datasets.builtin import register_cncb_layout, seg_json_path
 from oneshot_d2.engine import check_datasets
@@ -44,20 +50,18 @@ def _image(path):
     cv2.imwrite(str(path), np.zeros((8, 8), np.uint8))
 
 
-def test_covidx_errors(tmp_path):
+@pytest.mark.parametrize("content, message", [
+    ("NCP_1_2_0003.png 7 0 0 8 8\n", r"s\.txt:1: unknown label '7'"),
+    ("NCP_1_2_0003.png 2 0 0 8 8\nmissing.png 0 0 0 8 8\n",
+     r"s\.txt:2: image file .*missing\.png not found"),
+    ("", r"s\.txt: empty split"),
+    ("NCP_1_2_0003.png\n", r"s\.txt:1: expected"),
+])
+def test_covidx_errors(tmp_path, content, message):
     _image(tmp_path / "NCP_1_2_0003.png")
     split = tmp_path / "s.txt"
-    split.write_text("NCP_1_2_0003.png 7 0 0 8 8\n")
-    with pytest.raises(DatasetError, match=r"s\.txt:1: unknown label '7'"):
-        load_covidx_split(str(split), str(tmp_path))
-    split.write_text("NCP_1_2_0003.png 2 0 0 8 8\nmissing.png 0 0 0 8 8\n")
-    with pytest.raises(DatasetError, match=r"s\.txt:2: image file .*missing\.png not found"):
-        load_covidx_split(str(split), str(tmp_path))
-    split.write_text("")
-    with pytest.raises(DatasetError, match=r"s\.txt: empty split"):
-        load_covidx_split(str(split), str(tmp_path))
-    split.write_text("NCP_1_2_0003.png\n")
-    with pytest.raises(DatasetError, match=r"s\.txt:1: expected"):
+    split.write_text(content)
+    with pytest.raises(DatasetError, match=message):
         load_covidx_split(str(split), str(tmp_path))
 
 

@@ -1,37 +1,24 @@
-"""OneShotRCNN / OneShotROIHeads / CopyClsBranchesHook on a tiny CPU model."""
+"""OneShotRCNN / OneShotROIHeads / CopyClsBranchesHook on a tiny CPU model (the shipped quick
+config at 128 px)."""
 import math
-import os
 
 import pytest
 import torch
-from detectron2.config import get_cfg
-from detectron2.structures import Instances
+from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils.events import EventStorage
 
-from oneshot_d2 import add_oneshot_config
 from oneshot_d2.data.datasets.builtin import register_cncb_layout
 from oneshot_d2.engine import OneShotTrainer
 from oneshot_d2.engine.hooks import SEG_LOSS_KEYS, CopyClsBranchesHook
 
-from conftest import REPO
-
-AFFINITY = os.path.join(REPO, "configs", "quick_schedules",
-                        "oneshot_affinity_R_18_FPN_phantom_quick.yaml")
-TINY = ["INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "128",
-        "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "128",
-        "SOLVER.IMS_PER_BATCH", "2", "SOLVER.CLS_IMS_PER_BATCH", "2",
-        "DATALOADER.NUM_WORKERS", "0", "MODEL.ONESHOT.IMAGE_HEAD.NUM_AFFINITIES", "32"]
+from common import AFFINITY_QUICK, TINY, make_cfg, seeded_model, split_batch
 
 
 @pytest.fixture(scope="module")
 def cfg(phantom_root):
     register_cncb_layout(phantom_root, "om")
-    c = get_cfg()
-    add_oneshot_config(c)
-    c.merge_from_file(AFFINITY)
-    c.merge_from_list(TINY + ["DATASETS.TRAIN", "('om_seg_train',)",
-                              "DATASETS.TRAIN_CLS", "('om_cls_train',)"])
-    return c
+    return make_cfg(AFFINITY_QUICK, *TINY, "MODEL.ONESHOT.IMAGE_HEAD.NUM_AFFINITIES", "32",
+                    "DATASETS.TRAIN", "('om_seg_train',)", "DATASETS.TRAIN_CLS", "('om_cls_train',)")
 
 
 @pytest.fixture(scope="module")
@@ -40,16 +27,11 @@ def batch(cfg):
 
 
 def _model(cfg, seed=0):
-    torch.manual_seed(seed)
-    return OneShotTrainer.build_model(cfg)
-
-
-def _split(batch):
-    return ([x for x in batch if "instances" in x], [x for x in batch if "image_label" in x])
+    return seeded_model(cfg, seed)
 
 
 def test_paired_batch(batch):
-    seg, cls_items = _split(batch)
+    seg, cls_items = split_batch(batch)
     assert len(seg) == 2 and len(cls_items) == 2 and len(batch) == 4
 
 
@@ -69,7 +51,6 @@ def test_frozen_branch_not_in_optimizer(cfg):
 def test_image_head_lr_factor(cfg):
     model = _model(cfg)
     c = cfg.clone()
-    c.defrost()
     c.SOLVER.IMAGE_HEAD_LR_FACTOR = 0.25
     opt = OneShotTrainer.build_optimizer(c, model)
     head_ids = {id(p) for p in model.image_head.parameters()}
@@ -79,20 +60,33 @@ def test_image_head_lr_factor(cfg):
         assert len(kinds) == 1  # a group never mixes the head with the rest
         lrs[kinds.pop()].add(g["lr"])
     assert lrs["rest"] == {c.SOLVER.BASE_LR}
-    assert len(lrs["head"]) == 1
-    assert lrs["head"].pop() == pytest.approx(c.SOLVER.BASE_LR * 0.25)
+    assert len(lrs["head"]) == 1 and lrs["head"].pop() == pytest.approx(c.SOLVER.BASE_LR * 0.25)
     n_params = sum(len(g["params"]) for g in opt.param_groups)
     assert n_params == len([p for p in model.parameters() if p.requires_grad])
 
 
-@pytest.mark.parametrize("enabled", [False, True])
-def test_image_loss_can_be_disabled(cfg, batch, enabled):
+def test_disabled_image_loss_is_zero_with_a_zero_gradient_for_every_head_parameter(cfg, batch):
+    """Before LOSS_START_ITER the image path does not run, but every head parameter still gets
+    a (zero) gradient, as DDP without find_unused_parameters requires."""
     model = _model(cfg).train()
-    model.image_loss_enabled = enabled
+    model.image_loss_enabled = False
     with EventStorage(0):
         losses = model(batch)
-    assert ("loss_image_cls" in losses) == enabled
-    assert set(SEG_LOSS_KEYS) <= set(losses)
+    assert set(losses) == set(SEG_LOSS_KEYS) | {"loss_image_cls"}
+    assert float(losses["loss_image_cls"].detach()) == 0.0
+    sum(losses.values()).backward()
+    for p in model.image_head.parameters():
+        assert p.grad is not None and not p.grad.any()
+
+
+def test_enabled_image_loss_is_the_bce_of_the_head(cfg, batch):
+    model = _model(cfg).train()
+    _, cls_items = split_batch(batch)
+    with EventStorage(0):
+        loss = model(batch)["loss_image_cls"]
+        expected = model.image_losses(cls_items)["loss_image_cls"]
+    assert float(loss.detach()) == pytest.approx(float(expected.detach()), rel=1e-6)
+    assert float(loss.detach()) > 0.01  # 0.1 x (2-4 x BCE at ~chance)
 
 
 def test_image_loss_start_hook(cfg):
@@ -129,19 +123,19 @@ def test_copy_makes_branches_equal_without_sharing(cfg):
 
 @pytest.mark.parametrize("which", ["seg", "cls", "both"])
 def test_mixed_batches(cfg, batch, which):
-    seg, cls_items = _split(batch)
+    seg, cls_items = split_batch(batch)
     items = {"seg": seg, "cls": cls_items, "both": batch}[which]
     model = _model(cfg).train()
     with EventStorage(0):
         losses = model(items)
-    seg_keys = set(SEG_LOSS_KEYS)
-    expected = {"seg": seg_keys, "cls": {"loss_image_cls"}, "both": seg_keys | {"loss_image_cls"}}
-    assert set(losses) == expected[which]
+    keys = set(SEG_LOSS_KEYS) if which != "cls" else set()
+    assert set(losses) == keys | {"loss_image_cls"}
     assert all(torch.isfinite(v) for v in losses.values())
+    assert (float(losses["loss_image_cls"]) == 0.0) == (which == "seg")
 
 
 def test_empty_instances(cfg, batch):
-    seg, _ = _split(batch)
+    seg, _ = split_batch(batch)
     item = dict(seg[0])
     item["instances"] = Instances(seg[0]["instances"].image_size)
     item["instances"].gt_boxes = seg[0]["instances"].gt_boxes[:0]
@@ -154,7 +148,7 @@ def test_empty_instances(cfg, batch):
 
 
 def test_image_loss_gradient_reaches_backbone_only(cfg, batch):
-    _, cls_items = _split(batch)
+    _, cls_items = split_batch(batch)
     model = _model(cfg).train()
     model.roi_heads.copy_seg_to_cls()
     with EventStorage(0):
@@ -169,10 +163,48 @@ def test_image_loss_gradient_reaches_backbone_only(cfg, batch):
     assert all(p.grad is None for p in model.roi_heads.box_head.parameters())
 
 
+def _features(model, items):
+    images = model.preprocess_image(items)
+    return images, model.backbone(images.tensor)
+
+
+def test_classification_proposals_are_detectron2_rpn_test_proposals(cfg, batch):
+    """proposals_without_losses (training mode) == Detectron2's RPN.forward at inference."""
+    _, cls_items = split_batch(batch)
+    model = _model(cfg).train()
+    with torch.no_grad():
+        images, features = _features(model, cls_items)
+        ours = model.proposals_without_losses(images, features)
+        assert model.proposal_generator.training  # flag restored
+        model.proposal_generator.eval()
+        ref, losses = model.proposal_generator(images, features, None)
+    assert losses == {}
+    assert [len(p) for p in ours] == [cfg.MODEL.RPN.POST_NMS_TOPK_TEST] * len(cls_items)
+    for a, b in zip(ours, ref):
+        assert torch.equal(a.proposal_boxes.tensor, b.proposal_boxes.tensor)
+        assert torch.equal(a.objectness_logits, b.objectness_logits)
+
+
+def test_zero_proposals_fall_back_to_the_whole_image(cfg, batch):
+    _, cls_items = split_batch(batch)
+    model = _model(cfg).eval()
+    with torch.no_grad():
+        images, features = _features(model, cls_items[:1])
+        empty = Instances(images.image_sizes[0])
+        empty.proposal_boxes = Boxes(torch.zeros(0, 4))
+        empty.objectness_logits = torch.zeros(0)
+        rois = model.roi_heads.forward_cls_features(features, [empty])
+    h, w = images.image_sizes[0]
+    beta = cfg.MODEL.ONESHOT.ROI_BATCH_SIZE
+    assert rois["num_kept"].tolist() == [0]
+    assert torch.equal(rois["boxes"][0], torch.tensor([[0.0, 0.0, w, h]]).expand(beta, 4))
+    assert rois["mask_features"].shape[:2] == (1, beta)
+
+
 def test_inference_outputs_and_determinism(cfg, batch):
     model = _model(cfg).eval()
     model.roi_heads.copy_seg_to_cls()
-    items = [dict(x, height=256, width=256) for x in batch[:1]] + batch[2:3]
+    items = [batch[0], batch[2]]
     with torch.no_grad():
         a = model(items)
         b = model(items)
@@ -184,8 +216,91 @@ def test_inference_outputs_and_determinism(cfg, batch):
         expl = out_a["image_cls_explanation"]
         assert expl["affinity"].shape == (32, cfg.MODEL.ROI_MASK_HEAD.CONV_DIM)
         assert isinstance(out_a["instances"], Instances)
-    # RoI boxes are rescaled to the requested output size (128 input -> 256 output)
-    assert float(a[0]["image_cls_boxes"].max()) <= 256.0 + 1e-3
+
+
+def test_roi_boxes_rescaled_to_the_output_size_per_axis(cfg, batch):
+    """128 x 128 input reported at height 384 (x3), width 256 (x2): exact per-axis scales."""
+    model = _model(cfg).eval()
+    item = batch[2]
+    with torch.no_grad():
+        raw = model.inference([item], do_postprocess=False)[0]["image_cls_boxes"]
+        out = model([dict(item, height=384, width=256)])[0]["image_cls_boxes"]
+    assert raw[:, 2:].max() > 1  # not all-zero boxes
+    assert torch.allclose(out, raw * torch.tensor([2.0, 3.0, 2.0, 3.0]), atol=1e-5)
+
+
+def test_prediction_does_not_depend_on_batch_neighbours(cfg, batch):
+    """GroupNorm + zero padding: a 128x128 slice batched with a 96x128 one gives exactly what it
+    gives alone (CTRCNN runs each image size separately)."""
+    model = _model(cfg).eval()
+    model.roi_heads.copy_seg_to_cls()
+    item = batch[2]
+    small = dict(batch[3], image=batch[3]["image"][:, :96, :], height=96, width=128)
+    with torch.no_grad():
+        alone = model([item])[0]
+        mixed = model([small, item])
+    assert torch.equal(mixed[1]["image_cls"], alone["image_cls"])
+    assert torch.equal(mixed[1]["image_cls_boxes"], alone["image_cls_boxes"])
+    assert torch.equal(mixed[1]["instances"].pred_boxes.tensor, alone["instances"].pred_boxes.tensor)
+    assert mixed[0]["instances"].image_size == (96, 128)
+
+
+@pytest.mark.parametrize("norm", ["per_image", "mean_std"])
+def test_pixel_norm_effect(cfg, batch, norm):
+    """per_image: each channel z-scored, so an affine change of intensities changes nothing;
+    mean_std: (x - PIXEL_MEAN) / PIXEL_STD exactly."""
+    c = cfg.clone()
+    c.MODEL.PIXEL_NORM = norm
+    c.MODEL.PIXEL_MEAN, c.MODEL.PIXEL_STD = [100.0, 110.0, 120.0], [50.0, 60.0, 70.0]
+    model = _model(c)
+    x = batch[2]["image"].float()
+    out = model.preprocess_image([{"image": x}]).tensor[0, :, :128, :128]
+    if norm == "per_image":
+        assert torch.allclose(out.mean(dim=(1, 2)), torch.zeros(3), atol=1e-5)
+        assert torch.allclose(out.std(dim=(1, 2)), torch.ones(3), atol=1e-5)
+        shifted = model.preprocess_image([{"image": 0.5 * x + 40}]).tensor[0, :, :128, :128]
+        assert torch.allclose(shifted, out, atol=1e-4)
+    else:
+        mean = torch.tensor([100.0, 110.0, 120.0]).view(3, 1, 1)
+        std = torch.tensor([50.0, 60.0, 70.0]).view(3, 1, 1)
+        assert torch.allclose(out, (x - mean) / std, atol=1e-6)
+
+
+def test_plain_baseline_uses_the_same_normalisation(cfg, batch):
+    from common import MASK_RCNN_QUICK, make_cfg as _make
+
+    base = _make(MASK_RCNN_QUICK, *TINY)
+    one = seeded_model(cfg)
+    plain = seeded_model(base)
+    assert type(plain).__name__ == "CTRCNN" and plain.pixel_norm == one.pixel_norm == "per_image"
+    x = [batch[0]]
+    assert torch.equal(plain.preprocess_image(x).tensor, one.preprocess_image(x).tensor)
+
+
+def test_train_and_inference_agree_with_one_slice_per_batch(cfg, batch):
+    """CNCB paper setting (GN image head, 1 classification slice per step): the training-mode
+    logits of a slice equal its inference logits (same proposals, batch-independent norm)."""
+    c = cfg.clone()
+    c.MODEL.ONESHOT.IMAGE_HEAD.NORM = "GN"
+    model = _model(c)
+    model.roi_heads.copy_seg_to_cls()
+    item = batch[2]
+    model.train()
+    with torch.no_grad():
+        images, features = _features(model, [item])
+        train_logits = model.classify(features, model.proposals_without_losses(images, features))
+        model.eval()
+        probs = model([item])[0]["image_cls"]
+    assert torch.allclose(torch.softmax(train_logits["logits"][0], 0), probs, atol=1e-6)
+    # With BN, training normalises over this slice's RoIs only: the two disagree.
+    c.MODEL.ONESHOT.IMAGE_HEAD.NORM = "BN"
+    bn_model = _model(c)
+    bn_model.roi_heads.copy_seg_to_cls()
+    with torch.no_grad():
+        images, features = _features(bn_model.train(), [item])
+        bn_train = bn_model.classify(features, bn_model.proposals_without_losses(images, features))
+        bn_probs = bn_model.eval()([item])[0]["image_cls"]
+    assert not torch.allclose(torch.softmax(bn_train["logits"][0], 0), bn_probs, atol=1e-3)
 
 
 # ---- weight-copy hook ---------------------------------------------------------------------

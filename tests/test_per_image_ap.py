@@ -9,7 +9,12 @@ from detectron2.structures import Instances
 
 from oneshot_d2.evaluation import PerImageAPEvaluator
 from oneshot_d2.evaluation.per_image_ap import (
-    IOU_THRESHOLDS, image_ap, mask_iou, match_predictions, summarize_per_image_ap, voc_ap,
+    IOU_THRESHOLDS,
+    image_ap,
+    mask_iou,
+    match_predictions,
+    summarize_per_image_ap,
+    voc_ap,
 )
 
 

@@ -8,7 +8,15 @@ import pytest
 
 from oneshot_d2.data import phantom_dataset
 from oneshot_d2.data.phantom import (
-    CONSOLIDATION, COVID, CP, GGO, LUNG, NORMAL, lung_window, render_slice, sample_anatomy,
+    CONSOLIDATION,
+    COVID,
+    CP,
+    GGO,
+    LUNG,
+    NORMAL,
+    lung_window,
+    render_slice,
+    sample_anatomy,
 )
 from oneshot_d2.data.phantom_dataset import PhantomSpec, write_phantom_dataset
 
@@ -100,7 +108,8 @@ def test_dataset_is_deterministic(tmp_path):
         names = sorted(os.listdir(tmp_path / "a" / sub))
         assert names == sorted(os.listdir(tmp_path / "b" / sub))
         for n in names:
-            assert (tmp_path / "a" / sub / n).read_bytes() == (tmp_path / "b" / sub / n).read_bytes()
+            a, b = tmp_path / "a" / sub / n, tmp_path / "b" / sub / n
+            assert a.read_bytes() == b.read_bytes()
 
 
 def test_save_hu_writes_16bit_and_nifti(tmp_path):

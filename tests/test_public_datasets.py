@@ -18,7 +18,10 @@ from oneshot_d2.data import DatasetError
 from oneshot_d2.data.check import check_dataset_splits
 from oneshot_d2.data.datasets import register_cncb_layout
 from oneshot_d2.data.datasets.public_ct import (
-    covid19_ct_seg_to_coco, medseg_to_coco, prepare_public_datasets, register_public_datasets,
+    covid19_ct_seg_to_coco,
+    medseg_to_coco,
+    prepare_public_datasets,
+    register_public_datasets,
     split_volumes,
 )
 
@@ -206,16 +209,21 @@ def test_checker_on_phantom(phantom_root, unique_name):
     assert not report.problems("not checkable")
 
 
-@needs_shared
-def test_shared_real_data_convert_and_check(tmp_path, unique_name):
+def _prepare_shared(tmp_path, prefix: str) -> str:
+    """Convert the three shared public sources and register them under ``<prefix>_<name>``."""
     out = str(tmp_path / "d2")
     index = prepare_public_datasets(
         out, os.path.join(SHARED, "medseg98"), os.path.join(SHARED, "covid19_ct_seg"),
         os.path.join(SHARED, "ucsd_covid_ct"))
-    prefix = unique_name + "_real"
     with open(os.path.join(out, "public", "index.json"), "w") as f:
         json.dump({f"{prefix}_{k}": v for k, v in index.items()}, f)
     register_public_datasets(out)
+    return prefix
+
+
+@needs_shared
+def test_shared_real_data_convert_and_check(tmp_path, unique_name):
+    prefix = _prepare_shared(tmp_path, unique_name + "_real")
     medseg = DatasetCatalog.get(f"{prefix}_medseg_seg_sep_train")
     assert len(medseg) == 50
     assert {a["category_id"] for d in medseg for a in d["annotations"]} == {0, 1}
@@ -250,14 +258,7 @@ def test_real_2cls_config_trains_and_evaluates(tmp_path, unique_name):
 
     from oneshot_d2.engine import main
 
-    out = str(tmp_path / "d2")
-    index = prepare_public_datasets(
-        out, os.path.join(SHARED, "medseg98"), os.path.join(SHARED, "covid19_ct_seg"),
-        os.path.join(SHARED, "ucsd_covid_ct"))
-    prefix = unique_name + "_r2"
-    with open(os.path.join(out, "public", "index.json"), "w") as f:
-        json.dump({f"{prefix}_{k}": v for k, v in index.items()}, f)
-    register_public_datasets(out)
+    prefix = _prepare_shared(tmp_path, unique_name + "_r2")
     names = {}
     for key in ("covid19_ct_seg_train", "medseg_seg_train", "ucsd_cls_train",
                 "covid19_ct_seg_test", "ucsd_cls_val"):
@@ -281,7 +282,7 @@ def test_real_2cls_config_trains_and_evaluates(tmp_path, unique_name):
     ]
     args = default_argument_parser().parse_args(
         ["--config-file", os.path.join(REPO, "configs", "real",
-                                       "oneshot_affinity_R_18_FPN_real_2cls.yaml")] + opts)
+                                       "oneshot_affinity_R_18_FPN_800iter_real_2cls.yaml")] + opts)
     results = main(args)
     # (after 2 iterations the detector may find nothing: COCOEvaluator then reports no keys)
     assert "segm_per_image" in results[names["covid19_ct_seg_test"]]

@@ -9,12 +9,12 @@ Exit status: 0 clean (warnings allowed), 1 errors found, 2 unknown dataset.
 """
 import argparse
 import dataclasses
-import json
 import logging
 import sys
 
-import oneshot_d2  # noqa: F401  (registers the builtin datasets)
+import oneshot_d2  # noqa: F401  isort: skip  (remedies before Detectron2; registers datasets)
 from detectron2.data import DatasetCatalog
+
 from oneshot_d2.data.check import check_dataset_splits
 from oneshot_d2.data.io import atomic_write_json
 

@@ -2,13 +2,43 @@
 iteration (``PairedDataLoader``), each from Detectron2's ``build_detection_train_loader``."""
 from __future__ import annotations
 
-from typing import Dict, Iterable, Iterator, List
+from typing import Dict, Iterable, Iterator, List, Optional
 
 from detectron2.data import (
-    DatasetMapper, build_detection_train_loader, get_detection_dataset_dicts,
+    DatasetCatalog, DatasetMapper, MetadataCatalog, build_detection_train_loader,
 )
 
-__all__ = ["PairedDataLoader", "build_oneshot_train_loader"]
+__all__ = ["PairedDataLoader", "build_oneshot_train_loader", "check_image_classes"]
+
+
+def check_image_classes(dataset_name: str, num_classes: int,
+                        dicts: Optional[List[Dict]] = None) -> None:
+    """Check a classification dataset against ``MODEL.ONESHOT.NUM_IMAGE_CLASSES``.
+
+    Args:
+        dataset_name: a registered classification dataset.
+        num_classes: the model's number of image classes.
+        dicts: the dataset's dicts, if already loaded (else loaded from the catalog).
+    Raises:
+        ValueError: the metadata's ``image_classes`` do not number ``num_classes``, or an
+            item's ``image_label`` is missing or outside ``0 .. num_classes - 1``.
+    """
+    classes = MetadataCatalog.get(dataset_name).get("image_classes", None)
+    if classes is not None and len(classes) != num_classes:
+        raise ValueError(
+            f"dataset {dataset_name!r} has {len(classes)} image classes {list(classes)} but "
+            f"MODEL.ONESHOT.NUM_IMAGE_CLASSES is {num_classes}: set it to {len(classes)}")
+    for d in DatasetCatalog.get(dataset_name) if dicts is None else dicts:
+        label = d.get("image_label")
+        if label is None:
+            raise ValueError(
+                f"dataset {dataset_name!r}: {d.get('file_name')} has no image_label (is it a "
+                "segmentation dataset? classification sets are registered with "
+                "register_covidx_cls / register_csv_cls)")
+        if not 0 <= int(label) < num_classes:
+            raise ValueError(
+                f"dataset {dataset_name!r}: {d.get('file_name')} has image_label {label!r}, "
+                f"outside 0..{num_classes - 1} (MODEL.ONESHOT.NUM_IMAGE_CLASSES={num_classes})")
 
 
 class PairedDataLoader:
@@ -30,12 +60,13 @@ def build_oneshot_train_loader(cfg):
     seg_loader = build_detection_train_loader(cfg)
     if not cfg.DATASETS.TRAIN_CLS:
         return seg_loader
-    cls_dicts = get_detection_dataset_dicts(cfg.DATASETS.TRAIN_CLS, filter_empty=False)
-    missing = [d["file_name"] for d in cls_dicts[:1] if "image_label" not in d]
-    if missing:
-        raise ValueError(f"DATASETS.TRAIN_CLS {tuple(cfg.DATASETS.TRAIN_CLS)}: dataset dicts "
-                         f"have no 'image_label' (e.g. {missing[0]}); register them with "
-                         "register_covidx_cls / register_csv_cls")
+    cls_dicts: List[Dict] = []
+    for name in cfg.DATASETS.TRAIN_CLS:
+        dicts = DatasetCatalog.get(name)
+        check_image_classes(name, cfg.MODEL.ONESHOT.NUM_IMAGE_CLASSES, dicts)
+        cls_dicts.extend(dicts)
+    if not cls_dicts:
+        raise ValueError(f"DATASETS.TRAIN_CLS {tuple(cfg.DATASETS.TRAIN_CLS)} holds no image")
     cls_loader = build_detection_train_loader(
         cfg, dataset=cls_dicts, mapper=DatasetMapper(cfg, is_train=True),
         total_batch_size=cfg.SOLVER.CLS_IMS_PER_BATCH)

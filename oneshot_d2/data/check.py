@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
-import pycocotools.mask as mask_util
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.structures import polygons_to_bitmask
 from PIL import Image, UnidentifiedImageError
+
+from .io import decode_mask
 
 __all__ = ["Finding", "DatasetReport", "check_dataset_dicts", "check_dataset_splits"]
 
@@ -85,17 +85,6 @@ def _image_size(path: str):
         return None, f"unreadable image ({e.__class__.__name__}: {e})"
 
 
-def _decode(seg, h: int, w: int) -> np.ndarray:
-    if isinstance(seg, dict):
-        rle = dict(seg)
-        if isinstance(rle.get("counts"), list):
-            rle = mask_util.frPyObjects(rle, *rle["size"])
-        return mask_util.decode(rle).astype(bool)
-    if isinstance(seg, list) and seg:
-        return polygons_to_bitmask(seg, h, w)
-    raise ValueError("no mask (empty or missing 'segmentation')")
-
-
 def check_dataset_dicts(dicts: Sequence[Dict], name: str, num_thing_classes: Optional[int] = None,
                         num_image_classes: Optional[int] = None) -> List[Finding]:
     """Per-image checks of Detectron2 dataset dicts (segmentation and / or classification)."""
@@ -127,7 +116,9 @@ def check_dataset_dicts(dicts: Sequence[Dict], name: str, num_thing_classes: Opt
             if "segmentation" not in ann:
                 continue
             try:
-                m = _decode(ann["segmentation"], *size)
+                m = decode_mask(ann["segmentation"], *size)
+                if m is None:
+                    raise ValueError("no mask (empty or missing 'segmentation')")
             except Exception as e:  # noqa: BLE001 - any decoding failure is a finding
                 add("error", path, f"{where}: mask does not decode ({e})")
                 continue

@@ -1,18 +1,22 @@
-"""Small, checked readers and an atomic writer for dataset files."""
+"""Small, checked readers (images, label masks, CSV manifests, annotation masks) and an atomic
+writer for dataset and report files: the one place for each of these jobs."""
 from __future__ import annotations
 
+import csv
 import json
 import os
 import tempfile
-from typing import Any
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import cv2
 import numpy as np
+import pycocotools.mask as mask_util
+from detectron2.structures import polygons_to_bitmask
 
 from .errors import DatasetError
 
-__all__ = ["read_gray", "read_label_image", "atomic_write_json", "atomic_write_text",
-           "atomic_write_bytes"]
+__all__ = ["read_gray", "read_label_image", "read_manifest", "decode_mask", "atomic_write_json",
+           "atomic_write_text", "atomic_write_bytes"]
 
 
 def read_gray(path: str) -> np.ndarray:
@@ -66,6 +70,62 @@ def read_label_image(path: str) -> np.ndarray:
     if not np.issubdtype(mask.dtype, np.integer):
         raise DatasetError(f"{path}: mask dtype {mask.dtype} is not an integer label image")
     return mask
+
+
+def read_manifest(csv_file: str, required: Sequence[Union[str, Sequence[str]]] = (),
+                  expected: str = "", allow_empty: bool = False) -> List[Dict[str, str]]:
+    """Rows of a CSV manifest as dicts, values stripped (a value missing from a short row: "").
+
+    Args:
+        csv_file: the manifest (first line: column names).
+        required: columns that must be present. An entry that is a sequence of names accepts any
+            of them: the first one present is copied, in every row, to the entry's first name
+            (e.g. ``("file_name", "path")``: rows get ``file_name`` even from a ``path`` column).
+        expected: a description of the expected columns, added to the missing-column message.
+        allow_empty: return ``[]`` for a manifest without rows instead of raising.
+
+    Raises:
+        DatasetError: missing file, missing columns, or no rows; the message names the file.
+    """
+    if not os.path.isfile(csv_file):
+        raise DatasetError(f"{csv_file}: manifest not found")
+    with open(csv_file, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        fields = set(reader.fieldnames or ())
+        missing, copies = set(), []
+        for entry in required:
+            names = (entry,) if isinstance(entry, str) else tuple(entry)
+            present = next((n for n in names if n in fields), None)
+            if present is None:
+                missing.add(names[0])
+            elif present != names[0]:
+                copies.append((names[0], present))
+        if missing:
+            raise DatasetError(f"{csv_file}: manifest lacks column(s) {sorted(missing)} "
+                               f"(has {reader.fieldnames})"
+                               + (f"; expected {expected}" if expected else ""))
+        rows = [{k: (v or "").strip() for k, v in row.items() if k is not None}
+                for row in reader]
+    for row in rows:
+        for name, present in copies:
+            row[name] = row[present]
+    if not rows and not allow_empty:
+        raise DatasetError(f"{csv_file}: manifest has no rows")
+    return rows
+
+
+def decode_mask(seg: Any, height: int, width: int) -> Optional[np.ndarray]:
+    """The (H, W) bool mask of an annotation's ``segmentation`` (Detectron2 / COCO formats:
+    RLE dict, compressed or with a list of counts, or a list of polygons); ``None`` when there
+    is no mask (missing, empty or of another type). Errors of a malformed mask propagate."""
+    if isinstance(seg, dict):
+        rle = dict(seg)
+        if isinstance(rle.get("counts"), list):
+            rle = mask_util.frPyObjects(rle, height, width)  # keeps the RLE's own "size"
+        return mask_util.decode(rle).astype(bool)
+    if isinstance(seg, list) and seg:
+        return polygons_to_bitmask(seg, height, width)
+    return None
 
 
 def atomic_write_bytes(path: str, data: bytes) -> None:

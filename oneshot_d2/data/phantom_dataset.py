@@ -11,7 +11,8 @@ Layout under ``root`` (the same as a prepared copy of the real data, see ``datas
         nifti/<patient>_{ct,mask}.nii.gz  # optional: per-patient volumes, spacing in mm
     classification/                     # COVIDx-CT layout
         images/{NCP,CP,Normal}_<patient>_<scan>_<slice>.png
-        {train,val,test}_COVIDx_CT.txt  # "<file> <class> <x1> <y1> <x2> <y2>", 0 normal, 1 CP, 2 COVID
+        {train,val,test}_COVIDx_CT.txt  # "<file> <class> <x1> <y1> <x2> <y2>",
+                                        # class 0 normal, 1 CP, 2 COVID
     phantom.json                        # the generation parameters (written last)
 
 Patients never span two splits. The dataset is written into a temporary sibling folder and

@@ -4,6 +4,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from .io import atomic_write_bytes
 from .phantom import CLASS_NAMES, CONSOLIDATION, GGO, lung_window, render_slice, sample_anatomy
 
 __all__ = ["render_montage", "write_montage"]
@@ -39,20 +40,8 @@ def render_montage(size: int = 256, per_class: int = 4, seed: int = 0) -> np.nda
 
 
 def write_montage(path: str, size: int = 256, per_class: int = 4, seed: int = 0) -> None:
-    """Render :func:`render_montage` and write it as PNG (via a temporary file)."""
-    import os
-    import tempfile
-
-    img = render_montage(size, per_class, seed)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=folder)
-    os.close(fd)
-    try:
-        if not cv2.imwrite(tmp, img):
-            raise OSError(f"could not write {path}")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Render :func:`render_montage` and write it as PNG (atomically, via a temporary file)."""
+    ok, png = cv2.imencode(".png", render_montage(size, per_class, seed))
+    if not ok:
+        raise OSError(f"could not write {path}")
+    atomic_write_bytes(path, png.tobytes())

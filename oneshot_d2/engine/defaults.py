@@ -3,11 +3,14 @@ can pickle them and other scripts can reuse them)."""
 from __future__ import annotations
 
 import logging
-from typing import Iterable
+import math
+import os
+from typing import Dict, Iterable
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode, get_cfg
+from detectron2.config.defaults import _C as D2_DEFAULTS
 from detectron2.data import DatasetCatalog
 from detectron2.engine import default_setup
 from detectron2.utils import comm
@@ -17,7 +20,7 @@ from ..config import add_oneshot_config
 from ..data.datasets.builtin import datasets_root, register_all_builtin
 from .trainer import OneShotTrainer
 
-__all__ = ["setup", "main", "check_datasets"]
+__all__ = ["setup", "main", "check_datasets", "default_output_dir", "verify_results"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,13 +36,22 @@ def check_datasets(names: Iterable[str]) -> None:
             "register your own with oneshot_d2.data.datasets.register_ct_seg / register_ct_cls.")
 
 
+def default_output_dir(config_file: str) -> str:
+    """``output/<config file name without .yaml>``: the output folder of a config that sets
+    no ``OUTPUT_DIR`` (configs leave it unset, as in Detic's ``train_net.py``)."""
+    return os.path.join("output", os.path.splitext(os.path.basename(config_file))[0])
+
+
 def setup(args) -> CfgNode:
-    """Build the config from ``args`` (``--config-file``, ``opts``), set up logging and the
-    output folder (Detectron2's ``default_setup``), and check the datasets."""
+    """Build the config from ``args`` (``--config-file``, ``opts``; ``OUTPUT_DIR`` defaults to
+    :func:`default_output_dir`), set up logging and the output folder (Detectron2's
+    ``default_setup``), and check the datasets."""
     cfg = get_cfg()
     add_oneshot_config(cfg)
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
+    if cfg.OUTPUT_DIR == D2_DEFAULTS.OUTPUT_DIR:  # not set by the YAML nor the command line
+        cfg.OUTPUT_DIR = default_output_dir(args.config_file)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logging.getLogger("oneshot_d2").warning("CUDA is not available: running on the CPU")
         cfg.MODEL.DEVICE = "cpu"
@@ -51,14 +63,42 @@ def setup(args) -> CfgNode:
     return cfg
 
 
+def verify_results(cfg: CfgNode, results: Dict) -> None:
+    """Check evaluation results against ``TEST.EXPECTED_RESULTS`` (Detectron2's accuracy-test
+    convention, ``[[task, metric, expected, tolerance], ...]``); ``task`` may be
+    ``"<dataset>/<task>"`` when several datasets are evaluated.
+
+    Raises:
+        RuntimeError: naming every metric that is missing or off by more than its tolerance.
+    """
+    failures = []
+    for task, metric, expected, tolerance in cfg.TEST.EXPECTED_RESULTS:
+        node = results
+        for key in task.split("/") if task not in results else [task]:
+            node = node.get(key, {}) if isinstance(node, dict) else {}
+        actual = node.get(metric) if isinstance(node, dict) else None
+        if actual is None or not math.isfinite(actual) or abs(actual - expected) > tolerance:
+            failures.append(f"{task}/{metric} = {actual} (expected {expected} +- {tolerance})")
+    if failures:
+        raise RuntimeError("results differ from TEST.EXPECTED_RESULTS: " + "; ".join(failures))
+    if cfg.TEST.EXPECTED_RESULTS:
+        logger.info("Results match TEST.EXPECTED_RESULTS (%d metrics)",
+                    len(cfg.TEST.EXPECTED_RESULTS))
+
+
 def main(args):
-    """Train (optionally resuming), or evaluate a checkpoint with ``--eval-only``."""
+    """Train (optionally resuming), or evaluate a checkpoint with ``--eval-only``; then check
+    ``TEST.EXPECTED_RESULTS`` when set."""
     cfg = setup(args)
     if args.eval_only:
         model = OneShotTrainer.build_model(cfg)
         DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume)
-        return OneShotTrainer.test(cfg, model)
-    trainer = OneShotTrainer(cfg)
-    trainer.resume_or_load(resume=args.resume)
-    return trainer.train()
+        results = OneShotTrainer.test(cfg, model)
+    else:
+        trainer = OneShotTrainer(cfg)
+        trainer.resume_or_load(resume=args.resume)
+        results = trainer.train()
+    if comm.is_main_process():
+        verify_results(cfg, results)
+    return results

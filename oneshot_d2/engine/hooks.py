@@ -25,16 +25,14 @@ from typing import Deque, Dict
 from detectron2.engine import HookBase
 from detectron2.utils import comm
 
+from .utils import unwrap_model
+
 __all__ = ["CopyClsBranchesHook", "SEG_LOSS_KEYS", "COPY_MODES"]
 
 logger = logging.getLogger(__name__)
 
 SEG_LOSS_KEYS = ("loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg", "loss_mask")
 COPY_MODES = ("best", "previous", "period")
-
-
-def _unwrap(model):
-    return model.module if hasattr(model, "module") else model
 
 
 class CopyClsBranchesHook(HookBase):
@@ -54,7 +52,7 @@ class CopyClsBranchesHook(HookBase):
 
     # ----------------------------------------------------------------------------------------
     def copy(self) -> None:
-        _unwrap(self.trainer.model).roi_heads.copy_seg_to_cls()
+        unwrap_model(self.trainer.model).roi_heads.copy_seg_to_cls()
         self.num_copies += 1
         self.last_copy_iter = self.trainer.iter
 
@@ -119,16 +117,27 @@ class CopyClsBranchesHook(HookBase):
 
 class ImageLossStartHook(HookBase):
     """Enables the image loss from iteration ``start_iter`` on
-    (``MODEL.ONESHOT.IMAGE_HEAD.LOSS_START_ITER``): before it, ``OneShotRCNN`` ignores the
-    classification items of each batch. Decided from the trainer's iteration before every
-    step, so resuming needs no extra state."""
+    (``MODEL.ONESHOT.IMAGE_HEAD.LOSS_START_ITER``). Before it, ``OneShotRCNN`` skips the
+    classification items and returns a zero-weighted ``loss_image_cls`` through which the image
+    head gets zero gradients (so DDP finds every parameter); this hook drops those gradients
+    before each optimizer step, so the head is not touched (no weight decay, no Adam state)
+    until the start. Decided from the trainer's iteration before every step, so resuming needs
+    no extra state."""
 
     def __init__(self, start_iter: int):
         self.start_iter = int(start_iter)
+        self._handle = None
 
     def _model(self):
-        model = self.trainer.model
-        return model.module if hasattr(model, "module") else model
+        return unwrap_model(self.trainer.model)
+
+    def _drop_head_grads(self, optimizer, args, kwargs) -> None:
+        if not self._model().image_loss_enabled:
+            for p in self._model().image_head.parameters():
+                p.grad = None
+
+    def before_train(self):
+        self._handle = self.trainer.optimizer.register_step_pre_hook(self._drop_head_grads)
 
     def before_step(self):
         enabled = self.trainer.iter >= self.start_iter
@@ -140,3 +149,6 @@ class ImageLossStartHook(HookBase):
 
     def after_train(self):
         self._model().image_loss_enabled = True
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None

@@ -14,6 +14,8 @@ from typing import Any, Dict, List, Tuple
 import torch
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 
+from .utils import unwrap_model
+
 __all__ = ["SGDAdam", "build_optimizer", "OPTIMIZERS"]
 
 OPTIMIZERS = ("SGD", "Adam", "AdamW")
@@ -84,7 +86,7 @@ class SGDAdam(torch.optim.Optimizer):
 
 
 def _image_head_params(model: torch.nn.Module):
-    model = model.module if hasattr(model, "module") else model
+    model = unwrap_model(model)
     head = getattr(model, "image_head", None)
     return {id(p) for p in head.parameters()} if head is not None else set()
 

@@ -14,12 +14,14 @@ from detectron2.engine import DefaultTrainer, hooks
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, DatasetEvaluators
 
 from ..compat import has_compiled_ops
-from ..data.build import build_oneshot_train_loader
+from ..data.build import build_oneshot_train_loader, check_image_classes
 from ..data.datasets.covid_ct import CT_CLS_EVALUATOR
 from ..evaluation import ClassificationEvaluator, PerImageAPEvaluator
 from ..modeling.roi_heads import OneShotROIHeads
+from .checks import check_training_config
 from .hooks import CopyClsBranchesHook, ImageLossStartHook
 from .optimizer import build_optimizer
+from .utils import unwrap_model
 
 __all__ = ["OneShotTrainer", "build_optimizer"]
 
@@ -46,6 +48,7 @@ class OneShotTrainer(DefaultTrainer):
                 dataset_name, score_thresh=cfg.TEST.PER_IMAGE_AP.SCORE_THRESH,
                 distributed=True, output_dir=output_folder)])
         if evaluator_type == CT_CLS_EVALUATOR:
+            check_image_classes(dataset_name, cfg.MODEL.ONESHOT.NUM_IMAGE_CLASSES)
             return ClassificationEvaluator(
                 dataset_name, distributed=True, output_dir=output_folder,
                 f1_weights=tuple(cfg.TEST.CLASSIFICATION.F1_WEIGHTS) or None)
@@ -58,19 +61,26 @@ class OneShotTrainer(DefaultTrainer):
     def build_train_loader(cls, cfg):
         return build_oneshot_train_loader(cfg)
 
+    def __init__(self, cfg):
+        check_training_config(cfg)
+        super().__init__(cfg)
+
     def build_hooks(self):
-        """Detectron2's hooks, plus :class:`CopyClsBranchesHook` (one-shot models) placed after
-        the evaluation hook and before the writer, so each step's copy decision sees that
-        step's losses and the writer logs the copy count; and :class:`ImageLossStartHook` when
-        ``MODEL.ONESHOT.IMAGE_HEAD.LOSS_START_ITER > 0``."""
+        """Detectron2's hooks, plus :class:`CopyClsBranchesHook` (one-shot models) placed
+        *before* PreciseBN, the checkpointer and the evaluation (the step's losses are in the
+        event storage once ``run_step`` returns): a copy at the last iteration is then in the
+        precise BN statistics, in ``model_final.pth`` and in the evaluated model; and
+        :class:`ImageLossStartHook` when ``MODEL.ONESHOT.IMAGE_HEAD.LOSS_START_ITER > 0``."""
         ret = super().build_hooks()
-        model = self.model.module if hasattr(self.model, "module") else self.model
+        model = unwrap_model(self.model)
         roi_heads = getattr(model, "roi_heads", None)
         copy_cfg = self.cfg.MODEL.ONESHOT.COPY
         if isinstance(roi_heads, OneShotROIHeads) and copy_cfg.ENABLED:
             hook = CopyClsBranchesHook(copy_cfg.MODE, copy_cfg.PERIOD, copy_cfg.SMOOTHING_WINDOW)
-            writers = [i for i, h in enumerate(ret) if isinstance(h, hooks.PeriodicWriter)]
-            ret.insert(writers[0] if writers else len(ret), hook)
+            later = (hooks.PreciseBN, hooks.PeriodicCheckpointer, hooks.EvalHook,
+                     hooks.PeriodicWriter)
+            first_later = [i for i, h in enumerate(ret) if isinstance(h, later)]
+            ret.insert(first_later[0] if first_later else len(ret), hook)
         start = self.cfg.MODEL.ONESHOT.IMAGE_HEAD.LOSS_START_ITER
         if start > 0 and hasattr(model, "image_loss_enabled"):
             ret.insert(0, ImageLossStartHook(start))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import io
-import itertools
 import json
 import logging
 import math
@@ -20,10 +19,10 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 from detectron2.data import MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
-from detectron2.utils import comm
 from tabulate import tabulate
 
 from ..data.io import atomic_write_bytes
+from ._gather import gather_on_main
 from .classification_metrics import classification_metrics
 
 __all__ = ["ClassificationEvaluator"]
@@ -82,12 +81,9 @@ class ClassificationEvaluator(DatasetEvaluator):
                                   "probs": out["image_cls"].detach().cpu().float().numpy()})
 
     def evaluate(self):
-        records = self._records
-        if self.distributed:
-            comm.synchronize()
-            records = list(itertools.chain(*comm.gather(records, dst=0)))
-            if not comm.is_main_process():
-                return {}
+        records = gather_on_main(self._records, self.distributed)
+        if records is None:  # not the main process
+            return {}
         if not records:
             logger.warning("%s: no predictions to evaluate", self.dataset_name)
             return {}

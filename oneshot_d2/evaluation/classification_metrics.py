@@ -11,39 +11,33 @@ from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
+from sklearn import metrics as _sk_metrics
 
 __all__ = ["confusion_matrix", "roc_auc_binary", "classification_metrics"]
 
 
 def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
-    """(C, C) counts, rows = true class, columns = predicted class."""
+    """(C, C) counts, rows = true class, columns = predicted class (``sklearn.metrics``)."""
     labels, preds = np.asarray(labels, dtype=np.int64), np.asarray(preds, dtype=np.int64)
     for name, arr in (("label", labels), ("prediction", preds)):
         if arr.size and (arr.min() < 0 or arr.max() >= num_classes):
             raise ValueError(f"{name} outside [0, {num_classes - 1}]: {sorted(set(arr.tolist()))}")
-    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(cm, (labels, preds), 1)
-    return cm
+    if labels.size == 0:  # scikit-learn refuses empty inputs
+        return np.zeros((num_classes, num_classes), dtype=np.int64)
+    return _sk_metrics.confusion_matrix(labels, preds, labels=np.arange(num_classes)) \
+        .astype(np.int64)
 
 
 def roc_auc_binary(is_positive: np.ndarray, scores: np.ndarray) -> float:
-    """Area under the ROC curve = P(score of a positive > score of a negative), ties counting
-    one half (Mann-Whitney U / (n_pos n_neg)); ``nan`` without positives or negatives."""
+    """Area under the ROC curve (``sklearn.metrics.roc_auc_score``) = P(score of a positive >
+    score of a negative), ties counting one half; ``nan`` without positives or negatives (a class
+    absent from the split, or the only one) or with non-finite scores, never an exception."""
     is_positive = np.asarray(is_positive, dtype=bool)
     scores = np.asarray(scores, dtype=np.float64)
     n_pos = int(is_positive.sum())
-    n_neg = is_positive.size - n_pos
-    if n_pos == 0 or n_neg == 0:
+    if n_pos == 0 or n_pos == is_positive.size or not np.isfinite(scores).all():
         return float("nan")
-    order = np.argsort(scores, kind="mergesort")
-    sorted_scores = scores[order]
-    ranks = np.empty(scores.size, dtype=np.float64)
-    # average 1-based ranks over runs of tied scores
-    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
-    for start, count in zip(first, counts):
-        ranks[order[start:start + count]] = start + (count + 1) / 2.0
-    u = ranks[is_positive].sum() - n_pos * (n_pos + 1) / 2.0
-    return float(u / (n_pos * n_neg))
+    return float(_sk_metrics.roc_auc_score(is_positive, scores))
 
 
 def _ratio(num: float, den: float) -> float:

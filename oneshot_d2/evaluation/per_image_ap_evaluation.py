@@ -6,7 +6,6 @@ See :mod:`oneshot_d2.evaluation.per_image_ap` for the protocol. Results go under
 """
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import os
@@ -14,14 +13,12 @@ from collections import OrderedDict
 from typing import Dict, List, Optional
 
 import numpy as np
-import pycocotools.mask as mask_util
 from detectron2.data import DatasetCatalog
 from detectron2.evaluation import DatasetEvaluator
-from detectron2.structures import polygons_to_bitmask
-from detectron2.utils import comm
 from tabulate import tabulate
 
-from ..data.io import atomic_write_text
+from ..data.io import atomic_write_text, decode_mask
+from ._gather import gather_on_main
 from .per_image_ap import IOU_THRESHOLDS, image_ap, summarize_per_image_ap
 
 __all__ = ["PerImageAPEvaluator", "annotation_masks"]
@@ -42,15 +39,8 @@ def annotation_masks(record: Dict) -> tuple:
     for ann in record.get("annotations", []):
         if ann.get("iscrowd", 0):
             continue
-        seg = ann.get("segmentation")
-        if isinstance(seg, dict):
-            rle = dict(seg)
-            if isinstance(rle.get("counts"), list):
-                rle = mask_util.frPyObjects(rle, h, w)
-            m = mask_util.decode(rle).astype(bool)
-        elif isinstance(seg, list) and seg:
-            m = polygons_to_bitmask(seg, h, w)
-        else:
+        m = decode_mask(ann.get("segmentation"), h, w)
+        if m is None:
             raise ValueError(f"{record.get('file_name')}: annotation without a mask "
                              "(the per-image AP needs 'segmentation')")
         if m.shape != (h, w):
@@ -108,12 +98,9 @@ class PerImageAPEvaluator(DatasetEvaluator):
                                   "ap": ap.tolist()})
 
     def evaluate(self):
-        results = self._results
-        if self.distributed:
-            comm.synchronize()
-            results = list(itertools.chain(*comm.gather(results, dst=0)))
-            if not comm.is_main_process():
-                return {}
+        results = gather_on_main(self._results, self.distributed)
+        if results is None:  # not the main process
+            return {}
         if not results:
             logger.warning("%s: no predictions for the per-image AP", self.dataset_name)
             return {}

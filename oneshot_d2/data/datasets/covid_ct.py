@@ -7,7 +7,6 @@ Detectron2's ``load_coco_json`` (``evaluator_type = "coco"``).
 """
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
@@ -17,6 +16,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
 from ..errors import DatasetError
+from ..io import read_manifest
 
 __all__ = [
     "COVIDX_CLASSES", "CT_CLS_EVALUATOR", "parse_label", "parse_covidx_name", "load_covidx_split",
@@ -114,20 +114,9 @@ FILE_COLUMNS = ("file_name", "path", "image", "filename")
 
 
 def _read_manifest(csv_file: str) -> List[Dict[str, str]]:
-    if not os.path.isfile(csv_file):
-        raise DatasetError(f"{csv_file}: manifest not found")
-    with open(csv_file, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        fields = set(reader.fieldnames or ())
-        file_col = next((c for c in FILE_COLUMNS if c in fields), None)
-        missing = ({"label"} - fields) | ({"file_name"} if file_col is None else set())
-        if missing:
-            raise DatasetError(f"{csv_file}: manifest lacks column(s) {sorted(missing)}; "
-                               "expected file_name (or path),label[,patient_id][,split]")
-        rows = list(reader)
-    for row in rows:
-        row["file_name"] = row[file_col]
-    return rows
+    """Rows of a classification manifest (may be empty), each with ``file_name`` and ``label``."""
+    return read_manifest(csv_file, ("label", FILE_COLUMNS), allow_empty=True,
+                         expected="file_name (or path),label[,patient_id][,split]")
 
 
 def manifest_classes(csv_file: str) -> List[str]:

@@ -17,7 +17,6 @@ same functions serve users' own copies laid out the same way):
 """
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -27,7 +26,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from ..errors import DatasetError
-from ..io import atomic_write_json
+from ..io import atomic_write_json, read_manifest
 from .covid_ct import register_csv_cls, register_ct_seg
 from .label_masks import label_masks_to_coco
 
@@ -47,27 +46,6 @@ BINARY_LESION_VALUES = {"lesion": (1, 255)}
 BINARY_MASK_VALUES = (0, 1, 255)
 # Index order = class ids: 0 NonCOVID, 1 COVID.
 UCSD_CLASSES = ("NonCOVID", "COVID")
-
-
-def read_manifest(csv_file: str, required: Sequence[str]) -> List[Dict[str, str]]:
-    """Rows of a CSV manifest as dicts (values stripped).
-
-    Raises:
-        DatasetError: missing file, missing columns, or no rows; the message names the file.
-    """
-    if not os.path.isfile(csv_file):
-        raise DatasetError(f"{csv_file}: manifest not found")
-    with open(csv_file, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = set(required) - set(reader.fieldnames or ())
-        if missing:
-            raise DatasetError(f"{csv_file}: manifest lacks column(s) {sorted(missing)} "
-                               f"(has {reader.fieldnames})")
-        rows = [{k: (v or "").strip() for k, v in row.items() if k is not None}
-                for row in reader]
-    if not rows:
-        raise DatasetError(f"{csv_file}: manifest has no rows")
-    return rows
 
 
 def medseg_to_coco(root: str, out_dir: str, modes: Sequence[str] = ("merge", "separate"),

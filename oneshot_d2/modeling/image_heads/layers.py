@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 from detectron2.layers import get_norm
+from detectron2.utils import comm
 from torch import nn
 
 __all__ = ["MaskSieve", "MaskVectorizer", "SIEVE_ORDERS"]
@@ -13,7 +14,13 @@ SIEVE_ORDERS = ("paper", "code")
 
 
 def _norm(norm: str, channels: int) -> nn.Module:
-    """Detectron2's ``get_norm`` ("BN", "naiveSyncBN", "SyncBN", "GN", ...), bias 0.01."""
+    """Detectron2's ``get_norm`` ("BN", "naiveSyncBN", "SyncBN", "GN", ...), bias 0.01.
+
+    "BN" becomes "naiveSyncBN" when several processes train (identical to BN in one process):
+    the statistics then cover the classification images of all replicas, as with one process
+    and the same total batch, and the running statistics stay identical on every replica."""
+    if norm == "BN" and comm.get_world_size() > 1:
+        norm = "naiveSyncBN"
     module = get_norm(norm, channels) if norm else nn.Identity()
     if getattr(module, "bias", None) is not None:
         nn.init.constant_(module.bias, 0.01)

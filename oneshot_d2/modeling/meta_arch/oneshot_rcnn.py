@@ -11,18 +11,29 @@ from detectron2.structures import ImageList, Instances
 
 from ..image_heads import build_image_head, image_cls_loss
 from ..roi_heads import OneShotROIHeads
+from .ct_rcnn import CTRCNN
 
 __all__ = ["OneShotRCNN"]
 
 
 @META_ARCH_REGISTRY.register()
-class OneShotRCNN(GeneralizedRCNN):
+class OneShotRCNN(CTRCNN):
     """One network, two tasks (Ter-Sarkisov 2021).
 
     Training: a batch may mix segmentation items (dataset dicts with ``instances``) and
     classification items (with ``image_label``). Segmentation items give Mask R-CNN's five
     losses; classification items give ``loss_image_cls`` (the RPN runs on them without losses;
     the frozen classification branch selects the RoI batch; the image head classifies it).
+
+    Before ``MODEL.ONESHOT.IMAGE_HEAD.LOSS_START_ITER`` (``image_loss_enabled`` False), and in
+    batches without classification items, ``loss_image_cls`` is a zero-weighted sum of the image
+    head's parameters: every trainable parameter then takes part in every backward pass, which
+    DDP requires without ``find_unused_parameters``; the trainer drops those zero gradients
+    before the optimizer step (``ImageLossStartHook``), so the head does not move.
+
+    Classification items take the RPN's *test* top-k proposals in training too (the original
+    code used the same 200 in both), so the RoI batch is selected alike in training and at
+    inference.
 
     Inference: every output has ``instances`` (lesions) and ``image_cls`` (C class
     probabilities, softmax of the logits, summing to 1), plus ``image_cls_boxes`` (beta, 4) and
@@ -33,15 +44,13 @@ class OneShotRCNN(GeneralizedRCNN):
 
     @configurable
     def __init__(self, *, image_head: torch.nn.Module, image_loss_weight: float = 1.0,
-                 image_loss_reduction: str = "sum", per_image_standardize: bool = True, **kwargs):
+                 image_loss_reduction: str = "sum", **kwargs):
         """
         Args:
             image_head: an image head from ``IMAGE_HEAD_REGISTRY``.
             image_loss_weight: w in L = L_seg + w L_img.
             image_loss_reduction: ``sum`` (papers) or ``mean`` (original code) over classes.
-            per_image_standardize: z-score each image per channel with its own mean / std (the
-                papers' "global mean / std" normalisation) instead of PIXEL_MEAN / PIXEL_STD.
-            kwargs: ``GeneralizedRCNN`` arguments.
+            kwargs: ``CTRCNN`` arguments.
         """
         super().__init__(**kwargs)
         if not isinstance(self.roi_heads, OneShotROIHeads):
@@ -55,7 +64,6 @@ class OneShotRCNN(GeneralizedRCNN):
         # False: classification items in training batches are ignored (no forward, no loss);
         # set by the trainer's ImageLossStartHook (MODEL.ONESHOT.IMAGE_HEAD.LOSS_START_ITER).
         self.image_loss_enabled = True
-        self.per_image_standardize = per_image_standardize
 
     @classmethod
     def from_config(cls, cfg):
@@ -64,23 +72,10 @@ class OneShotRCNN(GeneralizedRCNN):
             image_head=build_image_head(cfg),
             image_loss_weight=cfg.MODEL.ONESHOT.IMAGE_HEAD.LOSS_WEIGHT,
             image_loss_reduction=cfg.MODEL.ONESHOT.IMAGE_HEAD.LOSS_REDUCTION,
-            per_image_standardize=cfg.INPUT.PER_IMAGE_STANDARDIZE,
         )
         return ret
 
     # ----------------------------------------------------------------------------------------
-    def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
-        """Normalise and pad: per-image standardisation or PIXEL_MEAN / PIXEL_STD."""
-        if not self.per_image_standardize:
-            return super().preprocess_image(batched_inputs)
-        images = []
-        for x in batched_inputs:
-            img = x["image"].to(self.device).float()
-            mean = img.mean(dim=(1, 2), keepdim=True)
-            std = img.std(dim=(1, 2), keepdim=True).clamp(min=1e-6)
-            images.append((img - mean) / std)
-        return ImageList.from_tensors(images, self.backbone.size_divisibility)
-
     def forward(self, batched_inputs: List[Dict]):
         """
         Args:
@@ -96,12 +91,17 @@ class OneShotRCNN(GeneralizedRCNN):
         if len(seg) + len(cls_items) < len(batched_inputs):
             raise ValueError("every training input needs 'instances' (segmentation item) or "
                              "'image_label' (classification item)")
-        if not self.image_loss_enabled:
-            cls_items = []
         losses = super().forward(seg) if seg else {}
-        if cls_items:
+        if cls_items and self.image_loss_enabled:
             losses.update(self.image_losses(cls_items))
+        else:
+            losses["loss_image_cls"] = self.unused_image_loss()
         return losses
+
+    def unused_image_loss(self) -> torch.Tensor:
+        """0 * (sum of the image head's parameters): a zero loss through which every head
+        parameter gets a (zero) gradient, so DDP's reduction finds all of them."""
+        return sum(p.sum() for p in self.image_head.parameters() if p.requires_grad) * 0.0
 
     def image_losses(self, batched_inputs: List[Dict]) -> Dict[str, torch.Tensor]:
         """``loss_image_cls`` of classification items (their RPN proposals carry no loss)."""
@@ -116,24 +116,21 @@ class OneShotRCNN(GeneralizedRCNN):
 
     def proposals_without_losses(self, images: ImageList,
                                  features: Dict[str, torch.Tensor]) -> List[Instances]:
-        """RPN proposals for images without box annotations, also in training mode.
+        """RPN proposals of images without box annotations, in training as at inference.
 
-        Detectron2's ``RPN.forward`` asserts ground truth in training; this runs the same steps
-        (anchors, head, decoding + NMS with the current mode's top-k) without the losses, under
-        ``no_grad``: proposals are non-differentiable in any case.
+        Detectron2's ``RPN.forward`` itself, run with the RPN in inference mode (no losses, so
+        no ground truth needed; the *test* pre / post NMS top-k) and without autograd:
+        proposals are non-differentiable in any case. Only the RPN module's own ``training``
+        flag is switched, and restored.
         """
         rpn = self.proposal_generator
-        if not self.training:
-            return rpn(images, features, None)[0]
-        with torch.no_grad():
-            maps = [features[f] for f in rpn.in_features]
-            anchors = rpn.anchor_generator(maps)
-            logits, deltas = rpn.rpn_head(maps)
-            logits = [s.permute(0, 2, 3, 1).flatten(1) for s in logits]
-            box_dim = rpn.anchor_generator.box_dim
-            deltas = [d.view(d.shape[0], -1, box_dim, d.shape[-2], d.shape[-1])
-                      .permute(0, 3, 4, 1, 2).flatten(1, -2) for d in deltas]
-            return rpn.predict_proposals(anchors, logits, deltas, images.image_sizes)
+        was_training = rpn.training
+        rpn.training = False
+        try:
+            with torch.no_grad():
+                return rpn(images, features, None)[0]
+        finally:
+            rpn.training = was_training
 
     def classify(self, features: Dict[str, torch.Tensor],
                  proposals: List[Instances]) -> Dict[str, torch.Tensor]:
@@ -144,9 +141,10 @@ class OneShotRCNN(GeneralizedRCNN):
         out.update(boxes=rois["boxes"], box_scores=rois["scores"])
         return out
 
-    def inference(self, batched_inputs: List[Dict], detected_instances=None,
-                  do_postprocess: bool = True):
-        """Lesion instances and slice-class probabilities for every image."""
+    def _inference_same_size(self, batched_inputs: List[Dict], detected_instances=None,
+                             do_postprocess: bool = True):
+        """Lesion instances and slice-class probabilities for every image (one image size;
+        ``CTRCNN.inference`` groups a batch by size)."""
         if detected_instances is not None:
             raise NotImplementedError("OneShotRCNN.inference computes its own detections")
         images = self.preprocess_image(batched_inputs)

@@ -142,7 +142,8 @@ class OneShotROIHeads(StandardROIHeads):
     @torch.no_grad()
     def _select_roi_batches(self, features, proposals: List[Instances]):
         """Score every proposal with the frozen classification box branch and select the RoI
-        batch of each image (non-differentiable, as in the papers)."""
+        batch of each image (non-differentiable, as in the papers). An image without proposals
+        gets the whole-image box, like one where no box survives."""
         x = self.box_pooler([features[f] for f in self.box_in_features],
                             [p.proposal_boxes for p in proposals])
         predictions = self.cls_box_predictor(self.cls_box_head(x))
@@ -151,7 +152,8 @@ class OneShotROIHeads(StandardROIHeads):
         batches = []
         for img_boxes, img_probs, p in zip(boxes, probs, proposals):
             fg = img_probs[:, :-1]  # Detectron2 puts background last
-            img_boxes = img_boxes.view(len(p), -1, 4)
+            # (R, 4K) or (R, 4) class-agnostic; explicit sizes: R may be 0 (no proposal)
+            img_boxes = img_boxes.view(len(p), img_boxes.shape[1] // 4, 4)
             if img_boxes.shape[1] != fg.shape[1]:  # class-agnostic box regression
                 img_boxes = img_boxes.expand(-1, fg.shape[1], 4)
             per_class = Boxes(img_boxes.reshape(-1, 4))

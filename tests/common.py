@@ -1,0 +1,75 @@
+"""Shared test helpers: paths, configs of the shipped files with offline / tiny overrides, seeded
+models and batches (DensePose-style ``tests/common.py``). Fixtures live in ``conftest.py``."""
+import os
+from typing import Dict, List, Sequence, Tuple
+
+import torch
+from detectron2.config import CfgNode, get_cfg
+from detectron2.engine import default_argument_parser
+
+import oneshot_d2  # noqa: F401  isort: skip  (compatibility remedies before Detectron2)
+from oneshot_d2 import add_oneshot_config
+from oneshot_d2.engine import OneShotTrainer
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_DATA = os.path.join(REPO, "..", "shared", "data")
+
+
+def config_path(name: str) -> str:
+    """``configs/<name>``."""
+    return os.path.join(REPO, "configs", name)
+
+
+AFFINITY_QUICK = config_path("quick_schedules/oneshot_affinity_R_18_FPN_phantom_quick.yaml")
+LSTM_QUICK = config_path("quick_schedules/oneshot_lstm_attn_R_18_FPN_phantom_quick.yaml")
+MASK_RCNN_QUICK = config_path("quick_schedules/mask_rcnn_R_18_FPN_phantom_quick.yaml")
+TRAINING_ACC = config_path(
+    "quick_schedules/oneshot_affinity_R_18_FPN_phantom_training_acc_test.yaml")
+
+# 128 px slices, 2 + 2 images, no loader workers: the shipped model at test size.
+TINY = ("INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "128",
+        "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "128",
+        "SOLVER.IMS_PER_BATCH", "2", "SOLVER.CLS_IMS_PER_BATCH", "2",
+        "DATALOADER.NUM_WORKERS", "0")
+
+
+def dataset_opts(prefix: str, separate: bool = False) -> Tuple[str, ...]:
+    """DATASETS.* options for a phantom registered under ``prefix``
+    (:func:`oneshot_d2.data.datasets.builtin.register_cncb_layout`)."""
+    seg = f"{prefix}_seg_{'sep_' if separate else ''}"
+    return ("DATASETS.TRAIN", f"('{seg}train',)", "DATASETS.TRAIN_CLS", f"('{prefix}_cls_train',)",
+            "DATASETS.TEST", f"('{seg}test', '{prefix}_cls_test')")
+
+
+def make_cfg(config_file: str, *opts: str) -> CfgNode:
+    """``get_cfg()`` + ``add_oneshot_config`` + the config file + ``opts`` (not frozen)."""
+    cfg = get_cfg()
+    add_oneshot_config(cfg)
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    return cfg
+
+
+def train_args(config_file: str, out_dir, *opts: str, eval_only: bool = False,
+               resume: bool = False):
+    """``tools/train_net.py`` arguments for :func:`oneshot_d2.engine.main`."""
+    argv = ["--config-file", config_file] + (["--eval-only"] if eval_only else []) + (
+        ["--resume"] if resume else [])
+    return default_argument_parser().parse_args(
+        argv + list(opts) + ["OUTPUT_DIR", str(out_dir)])
+
+
+def seeded_model(cfg: CfgNode, seed: int = 0) -> torch.nn.Module:
+    """``OneShotTrainer.build_model(cfg)`` after ``torch.manual_seed(seed)``."""
+    torch.manual_seed(seed)
+    return OneShotTrainer.build_model(cfg)
+
+
+def split_batch(batch: Sequence[Dict]) -> Tuple[List[Dict], List[Dict]]:
+    """(segmentation items, classification items) of a paired batch."""
+    return ([x for x in batch if "instances" in x], [x for x in batch if "image_label" in x])
+
+
+def state_digest(module: torch.nn.Module) -> Dict[str, torch.Tensor]:
+    """A copy of ``module.state_dict()`` (to compare before / after)."""
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
