@@ -6,7 +6,7 @@ DEMO_CONFIG ?= configs/quick_schedules/oneshot_affinity_R_18_FPN_phantom_quick.y
 DEMO_OPTS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install demo test data clean
+.PHONY: install demo test lint data clean
 
 install:
 	bash tools/install.sh
@@ -17,8 +17,11 @@ data: install
 demo: data
 	$(PY) tools/train_net.py --config-file $(DEMO_CONFIG) $(DEMO_OPTS)
 
-test: install
+test: install lint
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(PY) -m ruff check .
 
 clean:
 	rm -rf build output

@@ -36,5 +36,5 @@ setup(
         "nibabel",  # NIfTI volumes written by the phantom generator
         "tabulate",
     ],
-    extras_require={"test": ["pytest"]},
+    extras_require={"test": ["pytest", "ruff"]},
 )

@@ -1,17 +1,20 @@
-"""Worker for test_launch (importable by name, since mp.spawn pickles functions by reference)."""
+"""Worker for the launch tests (importable by name, since mp.spawn pickles functions by
+reference)."""
 import hashlib
 import os
 
 import torch
+from detectron2.utils import comm
 
 import oneshot_d2  # noqa: F401  isort: skip
-from detectron2.utils import comm
 from oneshot_d2.data.datasets.builtin import register_cncb_layout
 from oneshot_d2.engine import OneShotTrainer, setup
 from oneshot_d2.engine.utils import unwrap_model
 
 
 def train_and_fingerprint(args, phantom_root: str, out_file: str) -> None:
+    """Train, then write ``world_size param_digest pid buffer_digest image_loss_seen`` to
+    ``out_file.<rank>``."""
     register_cncb_layout(phantom_root, "launch")
     cfg = setup(args)
     trainer = OneShotTrainer(cfg)
@@ -25,6 +28,11 @@ def train_and_fingerprint(args, phantom_root: str, out_file: str) -> None:
             digest.update(name.encode())
             digest.update(p.detach().cpu().contiguous().numpy().tobytes())
         digests.append(digest.hexdigest())
+    image_loss_seen = True  # the storage's losses exist on rank 0 only
+    if comm.is_main_process() and "loss_image_cls" in trainer.storage.histories():
+        history = trainer.storage.history("loss_image_cls").values()
+        image_loss_seen = any(v > 0 for v, _ in history)
     with open(f"{out_file}.{comm.get_rank()}", "w") as f:
-        f.write(f"{comm.get_world_size()} {digests[0]} {os.getpid()} {digests[1]}")
+        f.write(f"{comm.get_world_size()} {digests[0]} {os.getpid()} {digests[1]} "
+                f"{image_loss_seen}")
     torch.distributed.barrier()

@@ -3,11 +3,10 @@ import glob
 import os
 
 import pytest
+from common import REPO
 from detectron2.config import get_cfg
 
 from oneshot_d2 import add_oneshot_config
-
-from conftest import REPO
 
 CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "**", "*.yaml"), recursive=True))
 
@@ -18,8 +17,51 @@ def _cfg():
     return cfg
 
 
-def test_configs_found():
-    assert len(CONFIGS) >= 2
+def test_config_names_carry_their_schedule_and_set_no_output_dir():
+    """``<model>_<backbone>_<schedule>_<data>.yaml``: quick schedules live in quick_schedules/,
+    every other runnable config names its schedule (epochs or iterations); OUTPUT_DIR is derived
+    from the name (oneshot_d2.engine.default_output_dir), never hard-coded."""
+    import re
+
+    runnable = [p for p in CONFIGS if not os.path.basename(p).startswith("Base")]
+    assert len(runnable) == 13
+    for path in runnable:
+        name = os.path.basename(path)
+        quick = os.path.basename(os.path.dirname(path)) == "quick_schedules"
+        assert quick or re.search(r"_\d+(ep|iter)_", name), name
+        with open(path) as f:
+            assert "OUTPUT_DIR" not in f.read(), name
+
+
+def test_output_dir_derived_from_the_config_name(tmp_path):
+
+    from oneshot_d2.engine import default_output_dir
+
+    path = os.path.join(REPO, "configs", "covid", "oneshot_affinity_R_50_FPN_100ep_cncb.yaml")
+    expected = os.path.join("output", "oneshot_affinity_R_50_FPN_100ep_cncb")
+    assert default_output_dir(path) == expected
+
+
+def test_renamed_normalisation_key_says_where_it_went(tmp_path):
+    old = tmp_path / "old.yaml"
+    old.write_text("INPUT:\n  PER_IMAGE_STANDARDIZE: True\n")
+    with pytest.raises(KeyError, match="MODEL.PIXEL_NORM"):
+        _cfg().merge_from_file(str(old))
+
+
+def test_verify_results_reads_dataset_paths():
+    from oneshot_d2.engine import verify_results
+
+    cfg = _cfg()
+    cfg.TEST.EXPECTED_RESULTS = [["ds_cls/classification", "accuracy", 90.0, 5.0],
+                                 ["segm", "AP50", 60.0, 1.0]]
+    results = {"ds_cls": {"classification": {"accuracy": 86.0}}, "segm": {"AP50": 60.5}}
+    verify_results(cfg, results)
+    results["ds_cls"]["classification"]["accuracy"] = 84.0
+    with pytest.raises(RuntimeError, match="ds_cls/classification/accuracy = 84.0"):
+        verify_results(cfg, results)
+    with pytest.raises(RuntimeError, match="segm/AP50 = None"):
+        verify_results(cfg, {"ds_cls": {"classification": {"accuracy": 90.0}}})
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[os.path.relpath(p, REPO) for p in CONFIGS])

@@ -55,6 +55,17 @@ def test_distance_ordering():
     assert b.boxes[:, :2].tolist() == [[0, 5], [20, 0], [50, 50]]
 
 
+def test_distance_ordering_uses_the_top_left_corner_euclidean_distance():
+    """Boxes whose orders disagree: by top-left Euclidean distance C (27.9), B (28), A (30);
+    by score A, C, B; by x1 B, C, A; by y1 A, C, B; by bottom-right or centre C, A, B; by
+    x1 + y1 B, A, C; descending C's reverse. Only the paper's rule gives C, B, A."""
+    a, b_, c = [30, 0, 35, 5, 0.9], [0, 28, 90, 90, 0.5], [10, 26, 13, 29, 0.7]
+    boxes, scores = _boxes([a, b_, c])
+    b = select_roi_batch(boxes, scores, (100, 100), beta=3, order_by_distance=True)
+    assert b.boxes.tolist() == [c[:4], b_[:4], a[:4]]
+    assert b.scores.tolist() == pytest.approx([0.7, 0.5, 0.9])
+
+
 def test_original_padding_runs_are_contiguous():
     torch.manual_seed(0)
     boxes, scores = _boxes([[0, 0, 10, 10, 0.9], [50, 50, 60, 60, 0.5]])

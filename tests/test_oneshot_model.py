@@ -4,21 +4,21 @@ import math
 
 import pytest
 import torch
-from detectron2.structures import Boxes, ImageList, Instances
+from common import AFFINITY_QUICK, TINY, make_cfg, seeded_model, split_batch
+from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from oneshot_d2.data.datasets.builtin import register_cncb_layout
 from oneshot_d2.engine import OneShotTrainer
 from oneshot_d2.engine.hooks import SEG_LOSS_KEYS, CopyClsBranchesHook
 
-from common import AFFINITY_QUICK, TINY, make_cfg, seeded_model, split_batch
-
 
 @pytest.fixture(scope="module")
 def cfg(phantom_root):
     register_cncb_layout(phantom_root, "om")
     return make_cfg(AFFINITY_QUICK, *TINY, "MODEL.ONESHOT.IMAGE_HEAD.NUM_AFFINITIES", "32",
-                    "DATASETS.TRAIN", "('om_seg_train',)", "DATASETS.TRAIN_CLS", "('om_cls_train',)")
+                    "DATASETS.TRAIN", "('om_seg_train',)",
+                    "DATASETS.TRAIN_CLS", "('om_cls_train',)")
 
 
 @pytest.fixture(scope="module")
@@ -241,7 +241,8 @@ def test_prediction_does_not_depend_on_batch_neighbours(cfg, batch):
         mixed = model([small, item])
     assert torch.equal(mixed[1]["image_cls"], alone["image_cls"])
     assert torch.equal(mixed[1]["image_cls_boxes"], alone["image_cls_boxes"])
-    assert torch.equal(mixed[1]["instances"].pred_boxes.tensor, alone["instances"].pred_boxes.tensor)
+    boxes = [o["instances"].pred_boxes.tensor for o in (mixed[1], alone)]
+    assert torch.equal(*boxes)
     assert mixed[0]["instances"].image_size == (96, 128)
 
 
@@ -267,7 +268,8 @@ def test_pixel_norm_effect(cfg, batch, norm):
 
 
 def test_plain_baseline_uses_the_same_normalisation(cfg, batch):
-    from common import MASK_RCNN_QUICK, make_cfg as _make
+    from common import MASK_RCNN_QUICK
+    from common import make_cfg as _make
 
     base = _make(MASK_RCNN_QUICK, *TINY)
     one = seeded_model(cfg)
@@ -300,7 +302,8 @@ def test_train_and_inference_agree_with_one_slice_per_batch(cfg, batch):
         images, features = _features(bn_model.train(), [item])
         bn_train = bn_model.classify(features, bn_model.proposals_without_losses(images, features))
         bn_probs = bn_model.eval()([item])[0]["image_cls"]
-    assert not torch.allclose(torch.softmax(bn_train["logits"][0], 0), bn_probs, atol=1e-3)
+    # (beyond float noise: GN above agrees to 1e-6; a random model's BN gap is ~1e-4..1e-3)
+    assert not torch.allclose(torch.softmax(bn_train["logits"][0], 0), bn_probs, atol=1e-5)
 
 
 # ---- weight-copy hook ---------------------------------------------------------------------

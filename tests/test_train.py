@@ -4,12 +4,11 @@ import os
 
 import pytest
 import torch
+from common import REPO
 from detectron2.engine import default_argument_parser, launch
 
 from oneshot_d2.data.datasets.builtin import register_cncb_layout
 from oneshot_d2.engine import OneShotTrainer, main, setup
-
-from conftest import REPO
 
 QUICK = os.path.join(REPO, "configs", "quick_schedules", "mask_rcnn_R_18_FPN_phantom_quick.yaml")
 
@@ -78,7 +77,14 @@ def test_adam_optimizer(phantom_root, tmp_path):
                                               "1e-5", "SOLVER.WEIGHT_DECAY", "1e-3")))
     trainer = OneShotTrainer(cfg)
     assert isinstance(trainer.optimizer, torch.optim.Adam)
-    assert trainer.optimizer.param_groups[0]["weight_decay"] in (1e-3, 0.0)
+    norm_ids = {id(p) for m in trainer.model.modules()
+                if isinstance(m, torch.nn.GroupNorm) for p in m.parameters()}
+    for group in trainer.optimizer.param_groups:
+        is_norm = {id(p) in norm_ids for p in group["params"]}
+        assert len(is_norm) == 1  # Detectron2 keeps norm parameters in groups of their own
+        # SOLVER.WEIGHT_DECAY_NORM is 0.0 (Detectron2's default); the rest get 1e-3
+        assert group["weight_decay"] == (0.0 if is_norm.pop() else 1e-3)
+        assert group["initial_lr"] == 1e-5  # (lr itself starts at the warm-up factor)
 
 
 def test_unknown_dataset_is_a_clear_error(tmp_path):

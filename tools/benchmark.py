@@ -33,8 +33,7 @@ import torch
 
 import oneshot_d2  # noqa: F401  isort: skip
 from detectron2.config import get_cfg
-from detectron2.data import detection_utils as utils
-from detectron2.structures import BitMasks, Boxes, Instances
+from detectron2.structures import BitMasks, Instances
 from detectron2.utils.events import EventStorage
 from tabulate import tabulate
 from torch.utils.flop_counter import FlopCounterMode
@@ -48,13 +47,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 BACKBONES = {
     # name: (config, extra options)
-    "R18": ("configs/quick_schedules/Base-R18-FPN-phantom-quick.yaml", []),
+    "R18": ("configs/Base-OneShot-R18-FPN-GN.yaml", []),
     "R50": ("configs/Base-OneShot-RCNN-FPN.yaml", ["MODEL.RESNETS.NORM", "GN",
                                                    "MODEL.FPN.NORM", "GN",
                                                    "MODEL.BACKBONE.FREEZE_AT", "0"]),
 }
 MODELS = {
-    "mask_rcnn": ["MODEL.META_ARCHITECTURE", "GeneralizedRCNN",
+    "mask_rcnn": ["MODEL.META_ARCHITECTURE", "CTRCNN",  # same input normalisation
                   "MODEL.ROI_HEADS.NAME", "StandardROIHeads"],
     "oneshot_affinity": ["MODEL.ONESHOT.IMAGE_HEAD.NAME", "AffinityHead"],
     "oneshot_lstm_attn": ["MODEL.ONESHOT.IMAGE_HEAD.NAME", "LSTMAttentionHead",
@@ -136,7 +135,7 @@ def bench_backbone(backbone: str, size: int, iters: int, warmup: int, device: st
 
         model.eval()
 
-        def infer():
+        def infer(model=model):
             with torch.no_grad():
                 model([_cls(inputs[0])])
 
@@ -150,7 +149,7 @@ def bench_backbone(backbone: str, size: int, iters: int, warmup: int, device: st
         if not oneshot:
             batches["1 seg"] = [_seg(inputs[0])]
         for label, batch in batches.items():
-            def step():
+            def step(model=model, batch=batch, opt=opt):
                 with EventStorage(0):
                     loss = sum(model(batch).values())
                 opt.zero_grad()

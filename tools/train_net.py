@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Train or evaluate a oneshot_d2 model, Detectron2-style.
 
-    python tools/train_net.py --config-file configs/quick_schedules/mask_rcnn_R_18_FPN_phantom_quick.yaml
+    python tools/train_net.py \
+        --config-file configs/quick_schedules/mask_rcnn_R_18_FPN_phantom_quick.yaml
     python tools/train_net.py --config-file CFG --eval-only MODEL.WEIGHTS output/model_final.pth
     python tools/train_net.py --config-file CFG --resume
     python tools/train_net.py --config-file CFG --num-gpus 2 SOLVER.IMS_PER_BATCH 4
@@ -11,8 +12,8 @@ Multi-GPU / multi-machine runs use Detectron2's ``launch`` (--num-gpus, --num-ma
 """
 import oneshot_d2  # noqa: F401  isort: skip  (compatibility remedies first, then datasets)
 from detectron2.engine import default_argument_parser, launch
-from oneshot_d2.engine import main
 
+from oneshot_d2.engine import main
 
 if __name__ == "__main__":
     args = default_argument_parser().parse_args()

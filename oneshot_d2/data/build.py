@@ -5,7 +5,10 @@ from __future__ import annotations
 from typing import Dict, Iterable, Iterator, List, Optional
 
 from detectron2.data import (
-    DatasetCatalog, DatasetMapper, MetadataCatalog, build_detection_train_loader,
+    DatasetCatalog,
+    DatasetMapper,
+    MetadataCatalog,
+    build_detection_train_loader,
 )
 
 __all__ = ["PairedDataLoader", "build_oneshot_train_loader", "check_image_classes"]

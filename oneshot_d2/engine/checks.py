@@ -1,11 +1,16 @@
-"""Configuration checks made before training: settings that would train, but silently crippled."""
+"""Checks of a configuration before training (settings that would train, but silently crippled)
+and of evaluation results against ``TEST.EXPECTED_RESULTS``."""
 from __future__ import annotations
 
-from typing import List
+import logging
+import math
+from typing import Dict, List
 
 from detectron2.config import CfgNode
 
-__all__ = ["check_training_config", "frozen_random_layers"]
+__all__ = ["check_training_config", "frozen_random_layers", "verify_results"]
+
+logger = logging.getLogger(__name__)
 
 _BN_NORMS = ("BN", "SyncBN", "naiveSyncBN", "nnSyncBN")
 
@@ -57,3 +62,26 @@ def check_training_config(cfg: CfgNode) -> None:
             "slice's RoIs removes the slice-level mean of every channel in training but not at "
             "inference. Use MODEL.ONESHOT.IMAGE_HEAD.NORM GN (batch-independent) or >= 2 "
             "classification images per step")
+
+
+def verify_results(cfg: CfgNode, results: Dict) -> None:
+    """Check evaluation results against ``TEST.EXPECTED_RESULTS`` (Detectron2's accuracy-test
+    convention, ``[[task, metric, expected, tolerance], ...]``); ``task`` may be
+    ``"<dataset>/<task>"`` when several datasets are evaluated.
+
+    Raises:
+        RuntimeError: naming every metric that is missing or off by more than its tolerance.
+    """
+    failures = []
+    for task, metric, expected, tolerance in cfg.TEST.EXPECTED_RESULTS:
+        node = results
+        for key in task.split("/") if task not in results else [task]:
+            node = node.get(key, {}) if isinstance(node, dict) else {}
+        actual = node.get(metric) if isinstance(node, dict) else None
+        if actual is None or not math.isfinite(actual) or abs(actual - expected) > tolerance:
+            failures.append(f"{task}/{metric} = {actual} (expected {expected} +- {tolerance})")
+    if failures:
+        raise RuntimeError("results differ from TEST.EXPECTED_RESULTS: " + "; ".join(failures))
+    if cfg.TEST.EXPECTED_RESULTS:
+        logger.info("Results match TEST.EXPECTED_RESULTS (%d metrics)",
+                    len(cfg.TEST.EXPECTED_RESULTS))

@@ -3,9 +3,8 @@ can pickle them and other scripts can reuse them)."""
 from __future__ import annotations
 
 import logging
-import math
 import os
-from typing import Dict, Iterable
+from typing import Iterable
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
@@ -18,9 +17,10 @@ from detectron2.utils.logger import setup_logger
 
 from ..config import add_oneshot_config
 from ..data.datasets.builtin import datasets_root, register_all_builtin
+from .checks import verify_results
 from .trainer import OneShotTrainer
 
-__all__ = ["setup", "main", "check_datasets", "default_output_dir", "verify_results"]
+__all__ = ["setup", "main", "check_datasets", "default_output_dir"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,29 +63,6 @@ def setup(args) -> CfgNode:
     return cfg
 
 
-def verify_results(cfg: CfgNode, results: Dict) -> None:
-    """Check evaluation results against ``TEST.EXPECTED_RESULTS`` (Detectron2's accuracy-test
-    convention, ``[[task, metric, expected, tolerance], ...]``); ``task`` may be
-    ``"<dataset>/<task>"`` when several datasets are evaluated.
-
-    Raises:
-        RuntimeError: naming every metric that is missing or off by more than its tolerance.
-    """
-    failures = []
-    for task, metric, expected, tolerance in cfg.TEST.EXPECTED_RESULTS:
-        node = results
-        for key in task.split("/") if task not in results else [task]:
-            node = node.get(key, {}) if isinstance(node, dict) else {}
-        actual = node.get(metric) if isinstance(node, dict) else None
-        if actual is None or not math.isfinite(actual) or abs(actual - expected) > tolerance:
-            failures.append(f"{task}/{metric} = {actual} (expected {expected} +- {tolerance})")
-    if failures:
-        raise RuntimeError("results differ from TEST.EXPECTED_RESULTS: " + "; ".join(failures))
-    if cfg.TEST.EXPECTED_RESULTS:
-        logger.info("Results match TEST.EXPECTED_RESULTS (%d metrics)",
-                    len(cfg.TEST.EXPECTED_RESULTS))
-
-
 def main(args):
     """Train (optionally resuming), or evaluate a checkpoint with ``--eval-only``; then check
     ``TEST.EXPECTED_RESULTS`` when set."""
@@ -95,10 +72,9 @@ def main(args):
         DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume)
         results = OneShotTrainer.test(cfg, model)
-    else:
-        trainer = OneShotTrainer(cfg)
-        trainer.resume_or_load(resume=args.resume)
-        results = trainer.train()
-    if comm.is_main_process():
-        verify_results(cfg, results)
-    return results
+        if comm.is_main_process():
+            verify_results(cfg, results)
+        return results
+    trainer = OneShotTrainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()  # checks TEST.EXPECTED_RESULTS too

@@ -8,17 +8,17 @@ import logging
 import os
 from typing import Optional
 
-import torch
 from detectron2.data import MetadataCatalog
-from detectron2.engine import DefaultTrainer, hooks
+from detectron2.engine import DefaultTrainer, TrainerBase, hooks
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, DatasetEvaluators
+from detectron2.utils import comm
 
 from ..compat import has_compiled_ops
 from ..data.build import build_oneshot_train_loader, check_image_classes
 from ..data.datasets.covid_ct import CT_CLS_EVALUATOR
 from ..evaluation import ClassificationEvaluator, PerImageAPEvaluator
 from ..modeling.roi_heads import OneShotROIHeads
-from .checks import check_training_config
+from .checks import check_training_config, verify_results
 from .hooks import CopyClsBranchesHook, ImageLossStartHook
 from .optimizer import build_optimizer
 from .utils import unwrap_model
@@ -91,7 +91,11 @@ class OneShotTrainer(DefaultTrainer):
         return build_optimizer(cfg, model)
 
     def train(self):
-        """Train, then return the last evaluation's results (``{}`` when none ran).
-        Detectron2 v0.6 returns them only when ``TEST.EXPECTED_RESULTS`` is set."""
-        super().train()
-        return getattr(self, "_last_eval_results", None) or {}
+        """Train, check ``TEST.EXPECTED_RESULTS`` (:func:`verify_results`, which reads
+        ``"<dataset>/<task>"`` paths, unlike Detectron2's), and return the last evaluation's
+        results (``{}`` when none ran)."""
+        TrainerBase.train(self, self.start_iter, self.max_iter)  # not DefaultTrainer's verify
+        results = getattr(self, "_last_eval_results", None) or {}
+        if comm.is_main_process():
+            verify_results(self.cfg, results)
+        return results

@@ -1,7 +1,11 @@
 """Model parts, registered with Detectron2's registries on import."""
 from .backbone import build_resnet_single_fpn_backbone
 from .image_heads import (
-    IMAGE_HEAD_REGISTRY, AffinityHead, LSTMAttentionHead, build_image_head, image_cls_loss,
+    IMAGE_HEAD_REGISTRY,
+    AffinityHead,
+    LSTMAttentionHead,
+    build_image_head,
+    image_cls_loss,
 )
 from .meta_arch import OneShotRCNN
 from .roi_heads import OneShotROIHeads, select_roi_batch

@@ -24,7 +24,8 @@ class AffinityHead(ImageHead):
     def __init__(self, cfg):
         super().__init__(cfg)
         head = cfg.MODEL.ONESHOT.IMAGE_HEAD
-        channels, beta, a = cfg.MODEL.ROI_MASK_HEAD.CONV_DIM, self.roi_batch_size, head.NUM_AFFINITIES
+        channels, beta = cfg.MODEL.ROI_MASK_HEAD.CONV_DIM, self.roi_batch_size
+        a = head.NUM_AFFINITIES
         # Original init: standard normal (std 1, unscaled); the std is configurable.
         self.affinity_matrix = nn.Parameter(torch.randn(beta, a) * head.AFFINITY_INIT_STD)
         self.affinity_vector = nn.Parameter(torch.randn(a) * head.AFFINITY_INIT_STD)

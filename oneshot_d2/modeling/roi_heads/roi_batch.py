@@ -78,7 +78,8 @@ def select_roi_batch(boxes: torch.Tensor, scores: torch.Tensor, image_size: Tupl
     flat_classes = torch.arange(num_classes, device=scores.device).repeat(scores.shape[0])
     wh = (flat_boxes[:, 2:] - flat_boxes[:, :2]).clamp(min=0)
     valid = (wh[:, 0] * wh[:, 1]) > min_area
-    flat_boxes, flat_scores, flat_classes = flat_boxes[valid], flat_scores[valid], flat_classes[valid]
+    flat_boxes, flat_scores = flat_boxes[valid], flat_scores[valid]
+    flat_classes = flat_classes[valid]
 
     keep = batched_nms(flat_boxes.float(), flat_scores.float(), flat_classes, nms_thresh)[:beta]
     n = int(keep.numel())
