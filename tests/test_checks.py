@@ -10,6 +10,7 @@ from detectron2.config import get_cfg
 from oneshot_d2 import add_oneshot_config
 from oneshot_d2.data.build import build_oneshot_train_loader, check_image_classes
 from oneshot_d2.data.datasets import register_csv_cls
+from oneshot_d2.data.datasets.builtin import register_cncb_layout
 from oneshot_d2.engine import OneShotTrainer
 from oneshot_d2.engine.checks import check_training_config, frozen_random_layers
 
@@ -81,7 +82,9 @@ def two_class_set(tmp_path, unique_name):
 
 
 def test_num_image_classes_must_match_the_data(two_class_set, phantom_root):
-    cfg = make_cfg(AFFINITY_QUICK, *TINY, "DATASETS.TRAIN_CLS", f"('{two_class_set}',)")
+    register_cncb_layout(phantom_root, "nic")
+    cfg = make_cfg(AFFINITY_QUICK, *TINY, "DATASETS.TRAIN", "('nic_seg_train',)",
+                   "DATASETS.TRAIN_CLS", f"('{two_class_set}',)")
     with pytest.raises(ValueError, match=f"dataset '{two_class_set}' has 2 image classes "
                                          r"\['NonCOVID', 'COVID'\] but "
                                          "MODEL.ONESHOT.NUM_IMAGE_CLASSES is 3"):
