@@ -28,6 +28,7 @@ setup(
         "torch>=1.10",
         "torchvision",
         "numpy",
+        "fvcore",  # precise BN of the image-head ceiling tool (also a Detectron2 requirement)
         "pycocotools>=2.0.2",
         "opencv-python-headless",
         "Pillow",

@@ -58,6 +58,10 @@ def _add_oneshot_model_config(cfg: CN) -> None:
     _C.MODEL.ONESHOT.IMAGE_HEAD.LOSS_REDUCTION = "sum"
     # w in L = L_seg + w * L_img (papers: 1).
     _C.MODEL.ONESHOT.IMAGE_HEAD.LOSS_WEIGHT = 1.0
+    # Factor on the image loss's gradient that reaches the backbone through the RoI features
+    # (papers: 1, the backbone learns from both losses; 0: the image head learns on detached
+    # features, the backbone from the segmentation loss only).
+    _C.MODEL.ONESHOT.IMAGE_HEAD.BACKBONE_GRAD_SCALE = 1.0
     # First iteration with the image loss (papers: 0, both tasks from the start). Before it,
     # classification items are dropped from the batch (no forward, no loss): training from
     # scratch, the segmentation branch first learns lesions the RoI batch can then pick up.
@@ -73,6 +77,17 @@ def _add_oneshot_model_config(cfg: CN) -> None:
     _C.MODEL.ONESHOT.COPY.PERIOD = 100
     # Window (iterations) of the median used to smooth the summed segmentation loss; 1 = raw.
     _C.MODEL.ONESHOT.COPY.SMOOTHING_WINDOW = 20
+
+
+def _add_image_classifier_config(cfg: CN) -> None:
+    """``MODEL.IMAGE_CLASSIFIER``: the plain CNN baseline ``CTImageClassifier`` (backbone + global
+    average pooling + linear; classes: ``MODEL.ONESHOT.NUM_IMAGE_CLASSES``)."""
+    _C = cfg
+    _C.MODEL.IMAGE_CLASSIFIER = CN()
+    # Backbone outputs pooled (each over the image's own extent) and concatenated.
+    _C.MODEL.IMAGE_CLASSIFIER.IN_FEATURES = ["p2", "p3", "p4", "p5", "p6"]
+    # Dropout before the linear layer (0 = none).
+    _C.MODEL.IMAGE_CLASSIFIER.DROPOUT = 0.0
 
 
 def _add_data_config(cfg: CN) -> None:
@@ -126,6 +141,7 @@ def add_oneshot_config(cfg: CN) -> CN:
         The same ``cfg`` (for chaining).
     """
     _add_oneshot_model_config(cfg)
+    _add_image_classifier_config(cfg)
     _add_data_config(cfg)
     _add_evaluation_config(cfg)
     return cfg

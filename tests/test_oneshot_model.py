@@ -163,6 +163,54 @@ def test_image_loss_gradient_reaches_backbone_only(cfg, batch):
     assert all(p.grad is None for p in model.roi_heads.box_head.parameters())
 
 
+def _image_loss_grads(cfg, cls_items, scale):
+    """(backbone grads, head grads) of the image loss alone, BACKBONE_GRAD_SCALE = scale."""
+    c = cfg.clone()
+    c.MODEL.ONESHOT.IMAGE_HEAD.BACKBONE_GRAD_SCALE = scale
+    model = _model(c).train()
+    model.roi_heads.copy_seg_to_cls()
+    with EventStorage(0) as storage:
+        loss = model(cls_items)["loss_image_cls"]
+        acc = storage.latest()["image_cls/train_accuracy"][0]
+    loss.backward()
+    bb = [torch.zeros_like(p) if p.grad is None else p.grad.clone()
+          for p in model.backbone.parameters()]
+    head = [p.grad.clone() for p in model.image_head.parameters()]
+    return float(loss.detach()), bb, head, acc
+
+
+def test_backbone_grad_scale(cfg, batch):
+    _, cls_items = split_batch(batch)
+    loss1, bb1, head1, acc = _image_loss_grads(cfg, cls_items, 1.0)
+    loss_h, bb_h, head_h, _ = _image_loss_grads(cfg, cls_items, 0.25)
+    loss0, bb0, head0, _ = _image_loss_grads(cfg, cls_items, 0.0)
+    assert loss1 == loss_h == loss0  # the forward pass is unchanged
+    assert sum(float(g.abs().sum()) for g in bb1) > 0
+    for g1, gh, g0 in zip(bb1, bb_h, bb0):
+        torch.testing.assert_close(gh, 0.25 * g1, rtol=1e-5, atol=1e-10)
+        assert not g0.any()
+    for g1, gh, g0 in zip(head1, head_h, head0):  # the head learns alike
+        torch.testing.assert_close(gh, g1)
+        torch.testing.assert_close(g0, g1)
+    assert acc in (0.0, 0.5, 1.0)  # logged: the share of the 2 items classified right
+
+
+def test_train_accuracy_is_logged_from_the_logits(cfg, batch):
+    _, cls_items = split_batch(batch)
+    model = _model(cfg).train()
+    with EventStorage(0) as storage:
+        model(cls_items)
+        acc = storage.latest()["image_cls/train_accuracy"][0]
+        logits = model.classify(*_rpn(model, cls_items))["logits"]
+    labels = torch.tensor([x["image_label"] for x in cls_items])
+    assert acc == pytest.approx(float((logits.argmax(1) == labels).float().mean()))
+
+
+def _rpn(model, items):
+    images, features = _features(model, items)
+    return features, model.proposals_without_losses(images, features)
+
+
 def _features(model, items):
     images = model.preprocess_image(items)
     return images, model.backbone(images.tensor)

@@ -3,7 +3,7 @@
 
 Detectron2 is not published on PyPI. ``pb1-detectron2==0.6`` carries the official v0.6 Python
 files but not the C++ sources, so ``pip install`` of it fails while compiling ``detectron2._C``.
-This script (see ``../shared/design/detectron2_install.md`` and the README) downloads the sdist,
+This script (see the README's "Install" section) downloads the sdist,
 changes three things in its ``setup.py`` and builds a wheel:
 
 1. ``ext_modules=[]``: no C++ extension (``oneshot_d2.compat`` supplies the few ``_C`` helpers

@@ -11,6 +11,8 @@ from detectron2.data import (
     build_detection_train_loader,
 )
 
+from .datasets.covid_ct import CT_CLS_EVALUATOR
+
 __all__ = ["PairedDataLoader", "build_oneshot_train_loader", "check_image_classes"]
 
 
@@ -60,6 +62,9 @@ class PairedDataLoader:
 def build_oneshot_train_loader(cfg):
     """``DATASETS.TRAIN`` (``SOLVER.IMS_PER_BATCH`` images) paired with ``DATASETS.TRAIN_CLS``
     (``SOLVER.CLS_IMS_PER_BATCH`` images); only the former when ``TRAIN_CLS`` is empty."""
+    for name in cfg.DATASETS.TRAIN:  # classification sets trained alone (CTImageClassifier)
+        if MetadataCatalog.get(name).get("evaluator_type", None) == CT_CLS_EVALUATOR:
+            check_image_classes(name, cfg.MODEL.ONESHOT.NUM_IMAGE_CLASSES)
     seg_loader = build_detection_train_loader(cfg)
     if not cfg.DATASETS.TRAIN_CLS:
         return seg_loader

@@ -1,4 +1,12 @@
-from .ct_rcnn import CTRCNN, PIXEL_NORMS, standardize_per_image
+from .ct_rcnn import (
+    CTRCNN,
+    PIXEL_NORMS,
+    normalize_images,
+    run_grouped_by_size,
+    standardize_per_image,
+)
+from .image_classifier import CTImageClassifier, log_train_accuracy
 from .oneshot_rcnn import OneShotRCNN
 
-__all__ = ["CTRCNN", "OneShotRCNN", "PIXEL_NORMS", "standardize_per_image"]
+__all__ = ["CTRCNN", "CTImageClassifier", "OneShotRCNN", "PIXEL_NORMS", "log_train_accuracy",
+           "normalize_images", "run_grouped_by_size", "standardize_per_image"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
 from detectron2.config import configurable
@@ -16,7 +16,8 @@ from detectron2.config.defaults import _C as D2_DEFAULTS
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
 from detectron2.structures import ImageList, Instances
 
-__all__ = ["CTRCNN", "PIXEL_NORMS", "standardize_per_image"]
+__all__ = ["CTRCNN", "PIXEL_NORMS", "standardize_per_image", "normalize_images",
+           "run_grouped_by_size"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +38,45 @@ def standardize_per_image(image: torch.Tensor, eps: float = 1e-6) -> torch.Tenso
     mean = image.mean(dim=(1, 2), keepdim=True)
     std = image.std(dim=(1, 2), keepdim=True).clamp(min=eps)
     return (image - mean) / std
+
+
+def normalize_images(batched_inputs: List[Dict], pixel_norm: str, pixel_mean: torch.Tensor,
+                     pixel_std: torch.Tensor, size_divisibility: int) -> ImageList:
+    """The model input of ``MODEL.PIXEL_NORM``: normalised images padded into one batch.
+
+    Args:
+        batched_inputs: dataset-mapper dicts with ``image`` (C, H, W).
+        pixel_norm: ``per_image`` (z-score each image per channel) or ``mean_std``.
+        pixel_mean / pixel_std: (C, 1, 1) on the model's device, used with ``mean_std``.
+        size_divisibility: the backbone's padding multiple.
+    Returns:
+        ImageList of (N, C, H', W') on ``pixel_mean``'s device.
+    """
+    if pixel_norm not in PIXEL_NORMS:
+        raise ValueError(f"MODEL.PIXEL_NORM must be one of {PIXEL_NORMS}, got {pixel_norm!r}")
+    device = pixel_mean.device
+    images = [x["image"].to(device).float() for x in batched_inputs]
+    if pixel_norm == "per_image":
+        images = [standardize_per_image(x) for x in images]
+    else:
+        images = [(x - pixel_mean) / pixel_std for x in images]
+    return ImageList.from_tensors(images, size_divisibility)
+
+
+def run_grouped_by_size(batched_inputs: List[Dict], run: Callable[[List[int]], List]) -> List:
+    """Call ``run(indices)`` once per group of equal-size images; outputs in input order.
+
+    ``ImageList`` pads a batch to its largest image; with GroupNorm (or any statistics over the
+    padded map) the padding would make an image's output depend on its batch neighbours.
+    """
+    groups: "OrderedDict[tuple, List[int]]" = OrderedDict()
+    for i, x in enumerate(batched_inputs):
+        groups.setdefault(tuple(x["image"].shape[-2:]), []).append(i)
+    outputs: List = [None] * len(batched_inputs)
+    for idx in groups.values():
+        for i, r in zip(idx, run(idx)):
+            outputs[i] = r
+    return outputs
 
 
 @META_ARCH_REGISTRY.register()
@@ -76,30 +116,20 @@ class CTRCNN(GeneralizedRCNN):
 
     def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
         """Normalise (``MODEL.PIXEL_NORM``) and pad to ``size_divisibility``."""
-        if self.pixel_norm == "mean_std":
-            return super().preprocess_image(batched_inputs)
-        images = [standardize_per_image(x["image"].to(self.device).float())
-                  for x in batched_inputs]
-        return ImageList.from_tensors(images, self.backbone.size_divisibility)
+        return normalize_images(batched_inputs, self.pixel_norm, self.pixel_mean,
+                                self.pixel_std, self.backbone.size_divisibility)
 
     def inference(self, batched_inputs: List[Dict],
                   detected_instances: Optional[List[Instances]] = None,
                   do_postprocess: bool = True):
         """``GeneralizedRCNN.inference``, run per group of equal-size images (class docstring);
         outputs in input order."""
-        groups: "OrderedDict[tuple, List[int]]" = OrderedDict()
-        for i, x in enumerate(batched_inputs):
-            groups.setdefault(tuple(x["image"].shape[-2:]), []).append(i)
-        if len(groups) == 1:
-            return self._inference_same_size(batched_inputs, detected_instances, do_postprocess)
-        outputs: List = [None] * len(batched_inputs)
-        for idx in groups.values():
+        def run(idx: List[int]) -> List:
             given = None if detected_instances is None else [detected_instances[i] for i in idx]
-            results = self._inference_same_size([batched_inputs[i] for i in idx], given,
-                                                do_postprocess)
-            for i, r in zip(idx, results):
-                outputs[i] = r
-        return outputs
+            return self._inference_same_size([batched_inputs[i] for i in idx], given,
+                                             do_postprocess)
+
+        return run_grouped_by_size(batched_inputs, run)
 
     def _inference_same_size(self, batched_inputs: List[Dict],
                              detected_instances: Optional[List[Instances]],

@@ -12,8 +12,28 @@ from detectron2.structures import ImageList, Instances
 from ..image_heads import build_image_head, image_cls_loss
 from ..roi_heads import OneShotROIHeads
 from .ct_rcnn import CTRCNN
+from .image_classifier import log_train_accuracy
 
-__all__ = ["OneShotRCNN"]
+__all__ = ["OneShotRCNN", "scale_grad"]
+
+
+class _ScaleGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad * ctx.scale, None
+
+
+def scale_grad(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """``x`` unchanged in the forward pass; its gradient times ``scale`` in the backward pass
+    (``scale == 0``: ``x.detach()``)."""
+    if scale == 0:
+        return x.detach()
+    return _ScaleGrad.apply(x, scale)
 
 
 @META_ARCH_REGISTRY.register()
@@ -44,12 +64,16 @@ class OneShotRCNN(CTRCNN):
 
     @configurable
     def __init__(self, *, image_head: torch.nn.Module, image_loss_weight: float = 1.0,
-                 image_loss_reduction: str = "sum", **kwargs):
+                 image_loss_reduction: str = "sum", backbone_grad_scale: float = 1.0,
+                 **kwargs):
         """
         Args:
             image_head: an image head from ``IMAGE_HEAD_REGISTRY``.
             image_loss_weight: w in L = L_seg + w L_img.
             image_loss_reduction: ``sum`` (papers) or ``mean`` (original code) over classes.
+            backbone_grad_scale: factor on the image loss's gradient that reaches the backbone
+                (through the RoI features); 1 = papers, 0 = the backbone learns from the
+                segmentation loss only (the head still learns).
             kwargs: ``CTRCNN`` arguments.
         """
         super().__init__(**kwargs)
@@ -61,6 +85,10 @@ class OneShotRCNN(CTRCNN):
         self.image_head = image_head
         self.image_loss_weight = image_loss_weight
         self.image_loss_reduction = image_loss_reduction
+        if backbone_grad_scale < 0:
+            raise ValueError("MODEL.ONESHOT.IMAGE_HEAD.BACKBONE_GRAD_SCALE must be >= 0, got "
+                             f"{backbone_grad_scale}")
+        self.backbone_grad_scale = backbone_grad_scale
         # False: classification items in training batches are ignored (no forward, no loss);
         # set by the trainer's ImageLossStartHook (MODEL.ONESHOT.IMAGE_HEAD.LOSS_START_ITER).
         self.image_loss_enabled = True
@@ -72,6 +100,7 @@ class OneShotRCNN(CTRCNN):
             image_head=build_image_head(cfg),
             image_loss_weight=cfg.MODEL.ONESHOT.IMAGE_HEAD.LOSS_WEIGHT,
             image_loss_reduction=cfg.MODEL.ONESHOT.IMAGE_HEAD.LOSS_REDUCTION,
+            backbone_grad_scale=cfg.MODEL.ONESHOT.IMAGE_HEAD.BACKBONE_GRAD_SCALE,
         )
         return ret
 
@@ -108,9 +137,13 @@ class OneShotRCNN(CTRCNN):
         images = self.preprocess_image(batched_inputs)
         features = self.backbone(images.tensor)
         proposals = self.proposals_without_losses(images, features)
+        scale = self.backbone_grad_scale
+        if scale != 1.0:
+            features = {k: scale_grad(v, scale) for k, v in features.items()}
         logits = self.classify(features, proposals)["logits"]
         labels = torch.as_tensor([int(x["image_label"]) for x in batched_inputs],
                                  device=logits.device)
+        log_train_accuracy(logits, labels)
         loss = image_cls_loss(logits, labels, self.image_loss_reduction)
         return {"loss_image_cls": loss * self.image_loss_weight}
 

@@ -1,0 +1,109 @@
+#!/usr/bin/env python
+"""Ceiling of the image head on a frozen detector (oneshot_d2.engine.head_ceiling).
+
+Loads a one-shot checkpoint (e.g. the end of the segmentation-only phase), caches the RoI-batch
+mask features of a training and a validation classification set, trains a fresh image head on
+the training features alone and writes the per-epoch curves (loss / accuracy / ROC-AUC, train and
+val) to ``<output>/ceiling.json``:
+
+    python tools/image_head_ceiling.py \\
+        --config-file configs/real/oneshot_affinity_R_18_FPN_800iter_real_2cls.yaml \\
+        --train ucsd_cls_train --val ucsd_cls_val --flip --epochs 30 \\
+        --output output/ceiling MODEL.WEIGHTS output/seg_phase/model_final.pth
+"""
+import oneshot_d2  # noqa: F401  isort: skip  (compatibility remedies first, then datasets)
+import argparse
+import logging
+import os
+import time
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.modeling import build_model
+from detectron2.utils.logger import setup_logger
+
+from oneshot_d2.config import add_oneshot_config
+from oneshot_d2.data.build import check_image_classes
+from oneshot_d2.data.datasets.builtin import register_all_builtin
+from oneshot_d2.data.io import atomic_write_json
+from oneshot_d2.engine.defaults import check_datasets
+from oneshot_d2.engine.head_ceiling import cache_roi_features, train_head_on_features
+
+logger = logging.getLogger("oneshot_d2.ceiling")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config-file", required=True)
+    p.add_argument("--train", required=True, help="registered classification training set")
+    p.add_argument("--val", required=True, help="registered classification validation set")
+    p.add_argument("--output", required=True, help="folder of ceiling.json and the log")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--flip", action="store_true", help="also train on left-right flips")
+    p.add_argument("--copy-seg-branch", action="store_true",
+                   help="copy the segmentation branch into the classification branch first "
+                        "(default: use the checkpoint's classification branch as saved)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides (KEY VALUE ...)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    os.makedirs(args.output, exist_ok=True)
+    setup_logger(output=os.path.join(args.output, "log.txt"), name="oneshot_d2")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = get_cfg()
+    add_oneshot_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    register_all_builtin()
+    check_datasets([args.train, args.val])
+    for name in (args.train, args.val):
+        check_image_classes(name, cfg.MODEL.ONESHOT.NUM_IMAGE_CLASSES)
+    class_names = list(MetadataCatalog.get(args.val).image_classes)
+
+    model = build_model(cfg)
+    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    if args.copy_seg_branch:
+        model.roi_heads.copy_seg_to_cls()
+    t0 = time.perf_counter()
+    train = cache_roi_features(cfg, model, DatasetCatalog.get(args.train), flip=args.flip)
+    val = cache_roi_features(cfg, model, DatasetCatalog.get(args.val))
+    t_cache = time.perf_counter() - t0
+    logger.info("cached %d train views, %d val images of %s in %.0f s", len(train.labels),
+                len(val.labels), tuple(train.features.shape[1:]), t_cache)
+    t0 = time.perf_counter()
+    out_file = os.path.join(args.output, "ceiling.json")
+
+    def summary(history) -> dict:
+        return {"config_file": args.config_file, "weights": cfg.MODEL.WEIGHTS,
+                "train": args.train, "val": args.val, "flip": args.flip, "lr": args.lr,
+                "batch_size": args.batch_size, "epochs": args.epochs, "seed": args.seed,
+                "cache_seconds": t_cache, "train_seconds": time.perf_counter() - t0,
+                "best_val_auc_epoch": max(history, key=lambda r: r["val/auc"]),
+                "history": history}
+
+    history = train_head_on_features(  # the curves so far are saved after every epoch
+        cfg, train, val, class_names, epochs=args.epochs, lr=args.lr,
+        batch_size=args.batch_size, weight_decay=args.weight_decay, seed=args.seed,
+        on_epoch=lambda h: atomic_write_json(out_file, summary(h)))
+    result = summary(history)
+    best = result["best_val_auc_epoch"]
+    logger.info("best val AUC %.1f (accuracy %.1f) at epoch %d; last: val AUC %.1f, accuracy "
+                "%.1f, train accuracy %.1f", best["val/auc"], best["val/accuracy"],
+                best["epoch"], history[-1]["val/auc"], history[-1]["val/accuracy"],
+                history[-1]["train/accuracy"])
+    return result
+
+
+if __name__ == "__main__":
+    main()
