@@ -32,6 +32,7 @@ def test_cached_features_are_the_models_roi_batch(setup):
     assert data.features.shape == (6, beta, cfg.MODEL.ROI_MASK_HEAD.CONV_DIM, 28, 28)
     assert data.features.dtype == torch.float16
     assert data.image_index.tolist() == [0, 0, 1, 1, 2, 2]
+    assert data.view.tolist() == [0, 1, 0, 1, 0, 1]
     assert data.labels.tolist() == [d["image_label"] for d in dicts for _ in (0, 1)]
     assert not torch.equal(data.features[0], data.features[1])  # the flip is another view
     # view 0 of image 1 is what the model's own classification path computes

@@ -21,7 +21,7 @@ REAL_ONESHOT = config_path("real/oneshot_affinity_R_18_FPN_800iter_real_2cls.yam
 @pytest.fixture(scope="module")
 def cfg(phantom_root):
     register_cncb_layout(phantom_root, "ic")
-    # the phantom has 3 slice classes (the config's 2 would be refused: tested in test_checks)
+    # the phantom has 3 slice classes (the config's 2 are refused: test below)
     return make_cfg(CLASSIFIER, *TINY, "MODEL.ONESHOT.NUM_IMAGE_CLASSES", "3",
                     "DATASETS.TRAIN", "('ic_cls_train',)", "DATASETS.TEST", "('ic_cls_test',)",
                     "SOLVER.IMS_PER_BATCH", "3")
@@ -75,26 +75,41 @@ class _IdentityBackbone(Backbone):
         return 32
 
 
-def test_pooling_covers_each_image_own_extent():
+@pytest.mark.parametrize("size", [(40, 24), (41, 25)])
+def test_pooling_covers_each_image_own_extent(size):
     torch.manual_seed(0)
     model = CTImageClassifier(backbone=_IdentityBackbone(), in_features=["p2", "p3"],
                               num_classes=2, pixel_norm="per_image", pixel_mean=[0.0] * 3,
                               pixel_std=[1.0] * 3)
-    small = {"image": torch.rand(3, 40, 24) * 255}
+    small = {"image": torch.rand(3, *size) * 255}
     large = {"image": torch.rand(3, 64, 64) * 255}
     logits = model.logits([small, large])  # small is zero-padded to 64 x 64
+    h, w = size
     norm = standardize_per_image(small["image"])
-    pooled = torch.cat([norm.mean(dim=(1, 2)), norm.mean(dim=(1, 2))])  # p3: 20 x 12 exactly
+    padded = torch.nn.functional.pad(norm, (0, 64 - w, 0, 64 - h))
+    # p3 cells holding any of the image: ceil(41 / 2) = 21 rows, ceil(25 / 2) = 13 columns
+    p3 = torch.nn.functional.avg_pool2d(padded, 2)[:, :(h + 1) // 2, :(w + 1) // 2]
+    pooled = torch.cat([norm.mean(dim=(1, 2)), p3.mean(dim=(1, 2))])
     expected = model.classifier(pooled)
     torch.testing.assert_close(logits[0], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_class_count_of_a_classification_training_set_is_checked(cfg):
+    from oneshot_d2.data.build import build_oneshot_train_loader
+
+    c = cfg.clone()
+    c.MODEL.ONESHOT.NUM_IMAGE_CLASSES = 2
+    with pytest.raises(ValueError, match="'ic_cls_train' has 3 image classes"):
+        build_oneshot_train_loader(c)
 
 
 def test_prediction_does_not_depend_on_batch_neighbours(cfg):
     model = seeded_model(cfg).eval()
     batch = next(iter(OneShotTrainer.build_train_loader(cfg)))
     x = batch[0]
-    other = {"image": torch.randint(0, 255, (3, 96, 128), dtype=torch.uint8),
-             "height": 96, "width": 128}
+    # larger than x in both sides: without grouping by size, x would be padded to 256 x 256
+    other = {"image": torch.randint(0, 255, (3, 256, 256), dtype=torch.uint8),
+             "height": 256, "width": 256}
     with torch.no_grad():
         alone = model([x])[0]["image_cls"]
         batched = model([other, x, other])[1]["image_cls"]

@@ -40,10 +40,12 @@ class CachedRoIFeatures:
         features: (M, beta, C, H, W) float16 (M = images x views).
         labels: (M,) int64 image labels.
         image_index: (M,) index of the source image (views of one image share it).
+        view: (M,) 0 for the image as read, 1 for its left-right flip.
     """
     features: torch.Tensor
     labels: torch.Tensor
     image_index: torch.Tensor
+    view: torch.Tensor
 
 
 @torch.no_grad()
@@ -61,14 +63,14 @@ def cache_roi_features(cfg, model: torch.nn.Module, dataset_dicts: List[Dict],
     model = unwrap_model(model)
     model.eval()
     mapper = DatasetMapper(cfg, is_train=False)
-    feats, labels, index = [], [], []
+    feats, labels, index, view = [], [], [], []
     views = (False, True) if flip else (False,)
     items = []
     for i, d in enumerate(dataset_dicts):
         mapped = mapper(copy.deepcopy(d))
         for flipped in views:
             image = mapped["image"].flip(-1) if flipped else mapped["image"]
-            items.append((i, int(d["image_label"]), {"image": image}))
+            items.append((i, int(d["image_label"]), {"image": image}, int(flipped)))
     for start in range(0, len(items), batch_size):
         chunk = items[start:start + batch_size]
         for size in dict.fromkeys(tuple(x[2]["image"].shape[-2:]) for x in chunk):
@@ -80,10 +82,11 @@ def cache_roi_features(cfg, model: torch.nn.Module, dataset_dicts: List[Dict],
             feats.append(rois["mask_features"].half().cpu())
             labels.extend(x[1] for x in group)
             index.extend(x[0] for x in group)
+            view.extend(x[3] for x in group)
         if (start // batch_size) % 25 == 0:
             logger.info("cached RoI features of %d / %d views", start + len(chunk), len(items))
     return CachedRoIFeatures(torch.cat(feats), torch.as_tensor(labels),
-                             torch.as_tensor(index))
+                             torch.as_tensor(index), torch.as_tensor(view))
 
 
 @torch.no_grad()
@@ -92,11 +95,10 @@ def evaluate_head(head: torch.nn.Module, data: CachedRoIFeatures, class_names: L
     """Loss (the model's image loss), accuracy and ROC-AUC of ``head`` on cached features
     (eval mode; the first view of every image only, i.e. unflipped)."""
     head.eval()
-    first = torch.ones(len(data.labels), dtype=torch.bool)
-    first[1:] = data.image_index[1:] != data.image_index[:-1]
-    feats, labels = data.features[first], data.labels[first]
-    logits = torch.cat([head(feats[i:i + batch_size].float())["logits"]
-                        for i in range(0, len(labels), batch_size)])
+    rows = torch.nonzero(data.view == 0).flatten()
+    labels = data.labels[rows]
+    logits = torch.cat([head(data.features[rows[i:i + batch_size]].float())["logits"]
+                        for i in range(0, len(rows), batch_size)])
     loss = image_cls_loss(logits, labels, reduction).item()
     probs = torch.softmax(logits, 1).numpy()
     m = classification_metrics(labels.numpy(), probs, class_names)

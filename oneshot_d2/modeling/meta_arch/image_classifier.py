@@ -28,7 +28,8 @@ __all__ = ["CTImageClassifier", "log_train_accuracy"]
 def log_train_accuracy(logits: torch.Tensor, labels: torch.Tensor,
                        name: str = "image_cls/train_accuracy") -> None:
     """Put the training batch's classification accuracy into the event storage (metrics.json,
-    TensorBoard, the console line), so that a head stuck at the class prior shows in the log.
+    TensorBoard; with several processes, rank 0's batch), so that a head stuck at the class
+    prior shows in the log.
 
     Args:
         logits: (N, C) training-mode logits.
@@ -76,6 +77,7 @@ class CTImageClassifier(nn.Module):
                              f"backbone outputs {sorted(shapes)}")
         self.backbone = backbone
         self.in_features = list(in_features)
+        self.strides = {f: shapes[f].stride for f in self.in_features}
         self.pixel_norm = pixel_norm
         self.loss_reduction = loss_reduction
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
@@ -108,15 +110,14 @@ class CTImageClassifier(nn.Module):
         images = normalize_images(batched_inputs, self.pixel_norm, self.pixel_mean,
                                   self.pixel_std, self.backbone.size_divisibility)
         features = self.backbone(images.tensor)
-        pad_h, pad_w = images.tensor.shape[-2:]
         pooled = []
         for name in self.in_features:
             fmap = features[name]  # (N, C_f, h, w)
-            h, w = fmap.shape[-2:]
+            stride = self.strides[name]
             rows = []
             for i, (img_h, img_w) in enumerate(images.image_sizes):
-                vh = max(1, -(-img_h * h // pad_h))
-                vw = max(1, -(-img_w * w // pad_w))
+                # cells that hold any of the image: ceil(size / stride), never padding alone
+                vh, vw = max(1, -(-img_h // stride)), max(1, -(-img_w // stride))
                 rows.append(fmap[i, :, :vh, :vw].mean(dim=(1, 2)))
             pooled.append(torch.stack(rows))
         return self.classifier(self.dropout(torch.cat(pooled, dim=1)))
