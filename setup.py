@@ -36,6 +36,7 @@ setup(
         "matplotlib",  # confusion_matrix.png (classification evaluator)
         "nibabel",  # NIfTI volumes written by the phantom generator
         "tabulate",
+        "PyYAML",  # config files: YAML errors reported with file and line
     ],
     extras_require={"test": ["pytest", "ruff"]},
 )

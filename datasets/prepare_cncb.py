@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 
-from oneshot_d2.data import DatasetError
+from oneshot_d2.cli import add_debug_argument, run_cli
 from oneshot_d2.data.datasets import load_covidx_split
 from oneshot_d2.data.datasets.builtin import CLS_SPLITS, datasets_root, prepare_cncb_layout
 
@@ -21,7 +21,7 @@ logger = logging.getLogger("prepare_cncb")
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = add_debug_argument(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     p.add_argument("--root", default=None, help="CNCB folder (default $DETECTRON2_DATASETS/cncb)")
     p.add_argument("--modes", nargs="+", default=["merge", "separate"],
                    choices=["merge", "separate"])
@@ -29,23 +29,19 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
     root = args.root or os.path.join(datasets_root(), "cncb")
-    try:
-        for path in prepare_cncb_layout(root, tuple(args.modes), args.min_area):
-            logger.info("wrote %s", path)
-        cls = os.path.join(root, "classification")
-        for split in CLS_SPLITS:
-            split_file = os.path.join(cls, f"{split}_COVIDx_CT.txt")
-            if os.path.isfile(split_file):
-                n = len(load_covidx_split(split_file, os.path.join(cls, "images")))
-                logger.info("%s: %d images, all present", split_file, n)
-            else:
-                logger.warning("%s not found: cncb_cls_%s will not be registered", split_file,
-                               split)
-    except DatasetError as e:
-        logger.error("%s", e)
-        return 2
+    for path in prepare_cncb_layout(root, tuple(args.modes), args.min_area):
+        logger.info("wrote %s", path)
+    cls = os.path.join(root, "classification")
+    for split in CLS_SPLITS:
+        split_file = os.path.join(cls, f"{split}_COVIDx_CT.txt")
+        if os.path.isfile(split_file):
+            n = len(load_covidx_split(split_file, os.path.join(cls, "images")))
+            logger.info("%s: %d images, all present", split_file, n)
+        else:
+            logger.warning("%s not found: cncb_cls_%s will not be registered", split_file,
+                           split)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main, prog="prepare_cncb"))

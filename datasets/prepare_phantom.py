@@ -7,15 +7,19 @@
 
 Writes the CNCB-NCOV segmentation layout, COVIDx-CT classification split files and
 ``annotations/seg_{train,test}_{merge,separate}.json`` (see datasets/README.md). Deterministic for
-a given seed; an existing complete dataset is kept unless --overwrite.
+a given seed; an existing complete dataset is kept unless --overwrite. The set is built in a
+temporary sibling folder and swapped in; --overwrite only replaces a folder this tool wrote (it
+holds the marker file .oneshot_d2_phantom.json), never anything else.
 """
 import argparse
 import logging
 import os
 import sys
 
-from oneshot_d2.data.datasets.builtin import datasets_root, prepare_cncb_layout, seg_json_path
-from oneshot_d2.data.phantom_dataset import PhantomSpec, phantom_is_complete, write_phantom_dataset
+from oneshot_d2.cli import UsageError, add_debug_argument, run_cli
+from oneshot_d2.data.datasets.builtin import datasets_root
+from oneshot_d2.data.phantom import min_slice_size
+from oneshot_d2.data.phantom_dataset import PhantomSpec, prepare_phantom_dataset
 from oneshot_d2.data.phantom_montage import write_montage
 
 logger = logging.getLogger("prepare_phantom")
@@ -23,7 +27,7 @@ logger = logging.getLogger("prepare_phantom")
 
 def main(argv=None) -> int:
     defaults = PhantomSpec()
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = add_debug_argument(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     p.add_argument("--root", default=None,
                    help="output folder (default $DETECTRON2_DATASETS/phantom)")
     p.add_argument("--size", type=int, default=defaults.size, help="slice size in pixels")
@@ -40,36 +44,29 @@ def main(argv=None) -> int:
     p.add_argument("--montage", default=None, help="only write a montage PNG to this path")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
-
+    minimum = min_slice_size(args.min_area)
+    if args.size < minimum:  # the set would hold no lesion instance
+        raise UsageError(f"--size {args.size}: too small for lesions of more than --min-area "
+                         f"{args.min_area} px; the minimum is {minimum}")
     if args.montage:
         write_montage(args.montage, size=args.size, seed=args.seed)
         logger.info("montage written to %s", args.montage)
         return 0
     root = args.root or os.path.join(datasets_root(), "phantom")
-    if phantom_is_complete(root) and not args.overwrite:
-        logger.info("%s already holds a phantom dataset (use --overwrite to regenerate)", root)
-        if all(os.path.isfile(seg_json_path(root, s, m))
-               for s in ("train", "test") for m in ("merge", "separate")):
-            return 0
-        logger.info("annotations missing: converting")
-        prepare_cncb_layout(root, min_area=args.min_area)
-        return 0
     spec = PhantomSpec(size=args.size, seg_train=args.seg_train, seg_test=args.seg_test,
                        cls_train=args.cls_train, cls_val=args.cls_val, cls_test=args.cls_test,
                        seg_class_shares=tuple(args.seg_shares),
                        cls_class_shares=tuple(args.cls_shares),
                        slices_per_patient=args.slices_per_patient, save_hu=args.save_hu,
                        seed=args.seed)
-    try:
-        counts = write_phantom_dataset(root, spec, overwrite=args.overwrite)
-    except FileExistsError as e:
-        logger.error("%s (it is not a finished phantom dataset)", e)
-        return 2
+    # under a lock; refuses to replace what it did not write (one error line, exit 2); atomic
+    written, counts = prepare_phantom_dataset(root, spec, overwrite=args.overwrite,
+                                              min_area=args.min_area)
+    if not written:
+        logger.info("%s already holds a phantom dataset (use --overwrite to regenerate)", root)
     logger.info("slices: %s", counts)
-    for path in prepare_cncb_layout(root, min_area=args.min_area):
-        logger.info("wrote %s", path)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main, prog="prepare_phantom"))

@@ -14,7 +14,7 @@ import argparse
 import logging
 import sys
 
-from oneshot_d2.data import DatasetError
+from oneshot_d2.cli import add_debug_argument, run_cli
 from oneshot_d2.data.check import check_dataset_splits
 from oneshot_d2.data.datasets.builtin import datasets_root
 from oneshot_d2.data.datasets.public_ct import prepare_public_datasets, register_public_datasets
@@ -23,7 +23,7 @@ logger = logging.getLogger("prepare_public")
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = add_debug_argument(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     p.add_argument("--medseg", help="MedSeg-style folder (split,image,mask manifest)")
     p.add_argument("--covid19-ct-seg", help="COVID-19-CT-Seg-style folder (volume,ct,infection)")
     p.add_argument("--ucsd", help="UCSD COVID-CT-style folder (path,label,split,patient_id)")
@@ -37,13 +37,9 @@ def main(argv=None) -> int:
     if not (args.medseg or args.covid19_ct_seg or args.ucsd):
         p.error("give at least one of --medseg, --covid19-ct-seg, --ucsd")
     out = args.out or datasets_root()
-    try:
-        index = prepare_public_datasets(out, args.medseg, args.covid19_ct_seg, args.ucsd,
-                                        args.test_volumes, args.min_area)
-        register_public_datasets(out, replace=True)
-    except DatasetError as e:
-        logger.error("%s", e)
-        return 2
+    index = prepare_public_datasets(out, args.medseg, args.covid19_ct_seg, args.ucsd,
+                                    args.test_volumes, args.min_area)
+    register_public_datasets(out, replace=True)
     if args.no_check:
         return 0
     # medseg_seg_sep_* are a second view of the medseg_seg_* images: checking both would
@@ -56,4 +52,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main, prog="prepare_public"))

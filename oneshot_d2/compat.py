@@ -34,6 +34,11 @@ Remedies (the numbers are those of the README table "Detectron2 v0.6 on a modern
 
 Also: Detectron2's modules call ``torch.jit.script`` at import, which torch >= 2.10 answers with
 a ``FutureWarning`` each time; that one message is filtered (nothing else; not under the opt-out).
+:func:`filter_known_warnings` (called by the command-line tools, see :mod:`oneshot_d2.cli`, and
+by the training ``main``) filters the two known-harmless warnings Detectron2 v0.6 repeats on a
+modern stack, the same two ``pytest.ini`` filters: "The given NumPy array is not writable" and
+"torch.meshgrid: ... indexing argument" (both ``UserWarning``); nothing else, so that a real
+warning stands out.
 """
 from __future__ import annotations
 
@@ -325,6 +330,19 @@ def _fix_cpu_launch() -> None:
 
     engine.create_ddp_model = create_ddp_model
     APPLIED.append("cpu_ddp")
+
+
+# The messages (regular expressions matched at the start) that pytest.ini filters too.
+KNOWN_HARMLESS_WARNINGS = (r"The given NumPy array is not writable", r"torch\.meshgrid")
+
+
+def filter_known_warnings() -> None:
+    """Ignore exactly :data:`KNOWN_HARMLESS_WARNINGS` (``UserWarning``) in this process;
+    idempotent (the ``warnings`` module drops duplicate filters)."""
+    import warnings
+
+    for message in KNOWN_HARMLESS_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=UserWarning)
 
 
 def apply_all() -> List[str]:

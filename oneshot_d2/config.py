@@ -6,9 +6,18 @@ comment says so and the README's "paper vs code" table lists the option.
 """
 from __future__ import annotations
 
-from detectron2.config import CfgNode as CN
+import difflib
+import os
+import re
+from typing import List, Optional, Sequence
 
-__all__ = ["add_oneshot_config"]
+import yaml
+from detectron2.config import CfgNode as CN
+from detectron2.config import get_cfg
+
+from .data.errors import ConfigError
+
+__all__ = ["add_oneshot_config", "ConfigError", "load_config", "config_keys"]
 
 
 def _add_oneshot_model_config(cfg: CN) -> None:
@@ -144,4 +153,98 @@ def add_oneshot_config(cfg: CN) -> CN:
     _add_image_classifier_config(cfg)
     _add_data_config(cfg)
     _add_evaluation_config(cfg)
+    return cfg
+
+
+def config_keys(cfg: CN, prefix: str = "") -> List[str]:
+    """Every leaf key of ``cfg``, dotted (``"SOLVER.MAX_ITER"``)."""
+    keys = []
+    for name, value in cfg.items():
+        if isinstance(value, CN):
+            keys += config_keys(value, f"{prefix}{name}.")
+        else:
+            keys.append(prefix + name)
+    return keys
+
+
+def _closest_key(key: str, cfg: CN) -> str:
+    """`` (did you mean 'X'?)`` for the closest existing key, or ``""``."""
+    close = difflib.get_close_matches(key, config_keys(cfg), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+_UNKNOWN_KEY = re.compile(r"Non-existent (?:config )?key: (\S+)")
+_TYPE_MISMATCH = re.compile(r"Type mismatch \((.+?) vs\. (.+?)\) with values \((.*) vs\. (.*)\) "
+                            r"for config key: (\S+)", re.S)
+
+
+def _type_name(type_repr: str) -> str:
+    """``"<class 'int'>"`` -> ``"int"``."""
+    m = re.fullmatch(r"<class '([\w.]+)'>", type_repr.strip())
+    return m.group(1) if m else type_repr
+
+
+def _describe_merge_error(e: Exception, cfg: CN) -> str:
+    """yacs' / fvcore's message made readable: unknown key (closest key suggested), wrong value
+    type; other messages unchanged."""
+    message = str(e.args[0]) if e.args else str(e)
+    unknown = _UNKNOWN_KEY.search(message)
+    if unknown:
+        key = unknown.group(1)
+        return f"unknown config key {key!r}{_closest_key(key, cfg)}"
+    mismatch = _TYPE_MISMATCH.search(message)
+    if mismatch:
+        expected, got, default, value, key = mismatch.groups()
+        return (f"{key}: value {value!r} is of type {_type_name(got)}, expected "
+                f"{_type_name(expected)} (currently {default})")
+    return message
+
+
+def _yaml_error(e: yaml.YAMLError, config_file: str) -> str:
+    """``file:line:column: YAML syntax error: problem`` (the file may be a ``_BASE_``)."""
+    mark = getattr(e, "problem_mark", None)
+    if mark is None:
+        return f"{config_file}: YAML error: {e}"
+    name = mark.name if mark.name and not mark.name.startswith("<") else config_file
+    problem = getattr(e, "problem", None) or str(e)
+    return f"{name}:{mark.line + 1}:{mark.column + 1}: YAML syntax error: {problem}"
+
+
+def _merge_file(cfg: CN, config_file: str) -> None:
+    """``cfg.merge_from_file`` with every failure as a :class:`ConfigError` naming the file."""
+    if not os.path.isfile(config_file):
+        raise ConfigError(f"{config_file}: config file not found")
+    try:
+        cfg.merge_from_file(config_file)
+    except yaml.YAMLError as e:
+        raise ConfigError(_yaml_error(e, config_file)) from e
+    except FileNotFoundError as e:  # a _BASE_ file
+        raise ConfigError(f"{e.filename}: config file not found (a _BASE_ of "
+                          f"{config_file})") from e
+    except (KeyError, ValueError, AssertionError) as e:
+        raise ConfigError(f"{config_file}: {_describe_merge_error(e, cfg)}") from e
+    except (TypeError, AttributeError) as e:  # an empty file or not a mapping
+        raise ConfigError(f"{config_file}: not a YAML mapping of config keys ({e})") from e
+
+
+def _merge_list(cfg: CN, opts: Sequence[str]) -> None:
+    """``cfg.merge_from_list`` with failures as a :class:`ConfigError` ("command line")."""
+    try:
+        cfg.merge_from_list(list(opts))
+    except (KeyError, ValueError, AssertionError) as e:
+        raise ConfigError(f"command line: {_describe_merge_error(e, cfg)}") from e
+
+
+def load_config(config_file: str, opts: Sequence[str] = (), cfg: Optional[CN] = None) -> CN:
+    """Detectron2's ``get_cfg()`` + :func:`add_oneshot_config` + ``config_file`` + ``opts``
+    (``KEY VALUE`` pairs), not frozen.
+
+    Raises:
+        ConfigError: the file is missing, not YAML (file and line named), or sets an unknown key
+            (the closest key is suggested) or a value of the wrong type; the same for ``opts``.
+    """
+    if cfg is None:
+        cfg = add_oneshot_config(get_cfg())
+    _merge_file(cfg, config_file)
+    _merge_list(cfg, opts)
     return cfg

@@ -197,7 +197,7 @@ def test_evaluator_writes_reports(tmp_path):
     assert float(rows[0]["prob_Normal"]) == pytest.approx(0.8)
     png = (tmp_path / "confusion_matrix.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
-    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+    assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]  # atomic writes renamed
 
 
 def test_evaluator_absent_class_writes_null(tmp_path):

@@ -43,7 +43,8 @@ def test_installed_detectron2_has_model_zoo_configs():
 
 
 # import name -> distribution name, where they differ
-_DIST_OF = {"cv2": "opencv-python-headless", "PIL": "Pillow", "sklearn": "scikit-learn"}
+_DIST_OF = {"cv2": "opencv-python-headless", "PIL": "Pillow", "sklearn": "scikit-learn",
+            "yaml": "PyYAML"}
 # installed with Detectron2 (not on PyPI, so not declared), or the project itself
 _NOT_DECLARED = {"detectron2", "oneshot_d2"}
 

@@ -39,6 +39,7 @@ from tabulate import tabulate
 from torch.utils.flop_counter import FlopCounterMode
 
 from oneshot_d2 import add_oneshot_config
+from oneshot_d2.cli import add_debug_argument, run_cli
 from oneshot_d2.data.phantom import COVID, CP, lung_window, render_slice, sample_anatomy
 from oneshot_d2.engine import OneShotTrainer
 
@@ -174,7 +175,7 @@ def bench_backbone(backbone: str, size: int, iters: int, warmup: int, device: st
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = add_debug_argument(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     p.add_argument("--backbones", nargs="+", default=list(BACKBONES), choices=list(BACKBONES))
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--iters", type=int, default=5)
@@ -201,4 +202,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main, prog="benchmark"))

@@ -5,35 +5,48 @@ unknown labels, duplicates and patient leakage between training and evaluation s
     python tools/check_dataset.py --train phantom_seg_train phantom_cls_train \\
         --test phantom_seg_test phantom_cls_test [--json report.json] [--no-hash]
 
-Exit status: 0 clean (warnings allowed), 1 errors found, 2 unknown dataset.
+Exit status: 0 clean (warnings allowed), 1 errors found, 2 bad arguments (unknown dataset,
+--json path that cannot be written, a dataset that does not load): one line
+``check_dataset: error: ...`` (--debug shows the traceback).
 """
 import argparse
 import dataclasses
+import errno
 import logging
+import os
 import sys
+from typing import List, Optional
 
 import oneshot_d2  # noqa: F401  isort: skip  (remedies before Detectron2; registers datasets)
 from detectron2.data import DatasetCatalog
 
+from oneshot_d2.cli import add_debug_argument, run_cli
 from oneshot_d2.data.check import check_dataset_splits
-from oneshot_d2.data.io import atomic_write_json
+from oneshot_d2.data.errors import DatasetKeyError
+from oneshot_d2.data.io import atomic_write_json, make_folder
 
 logger = logging.getLogger("check_dataset")
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: Optional[List[str]] = None) -> int:
+    """Check the named datasets; log the report; return 0 (clean) or 1 (errors found)."""
+    p = add_debug_argument(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     p.add_argument("--train", nargs="*", default=[], help="training dataset names")
     p.add_argument("--test", nargs="*", default=[], help="evaluation dataset names")
     p.add_argument("--json", help="also write the findings and counts to this JSON file")
     p.add_argument("--no-hash", action="store_true", help="skip identical-content detection")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
+    if not (args.train or args.test):
+        p.error("give the datasets to check with --train and / or --test")
     unknown = [n for n in args.train + args.test if n not in DatasetCatalog.list()]
-    if unknown or not (args.train or args.test):
-        logger.error("unknown or no dataset(s) %s; registered: %s", unknown,
-                     ", ".join(sorted(DatasetCatalog.list())))
-        return 2
+    if unknown:
+        raise DatasetKeyError(f"unknown dataset(s) {unknown}; registered: "
+                       + ", ".join(sorted(DatasetCatalog.list())))
+    if args.json:  # before the (long) check: a path that cannot be written fails now
+        if os.path.isdir(args.json):
+            raise IsADirectoryError(errno.EISDIR, "--json names a folder, not a file", args.json)
+        make_folder(os.path.dirname(os.path.abspath(args.json)), "folder of --json")
     report = check_dataset_splits(args.train, args.test, hash_content=not args.no_hash)
     logger.info("\n%s", report.summary())
     if args.json:
@@ -44,4 +57,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main, prog="check_dataset"))

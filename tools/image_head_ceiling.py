@@ -15,19 +15,21 @@ import oneshot_d2  # noqa: F401  isort: skip  (compatibility remedies first, the
 import argparse
 import logging
 import os
+import sys
 import time
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger
 
-from oneshot_d2.config import add_oneshot_config
+from oneshot_d2.cli import add_debug_argument, run_cli
+from oneshot_d2.config import load_config
 from oneshot_d2.data.build import check_image_classes
 from oneshot_d2.data.datasets.builtin import register_all_builtin
-from oneshot_d2.data.io import atomic_write_json
+from oneshot_d2.data.io import atomic_write_json, make_folder
+from oneshot_d2.engine import AtomicCheckpointer
+from oneshot_d2.engine.checks import check_weights
 from oneshot_d2.engine.defaults import check_datasets
 from oneshot_d2.engine.head_ceiling import cache_roi_features, train_head_on_features
 
@@ -35,7 +37,7 @@ logger = logging.getLogger("oneshot_d2.ceiling")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = add_debug_argument(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]))
     p.add_argument("--config-file", required=True)
     p.add_argument("--train", required=True, help="registered classification training set")
     p.add_argument("--val", required=True, help="registered classification validation set")
@@ -56,23 +58,21 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    os.makedirs(args.output, exist_ok=True)
-    setup_logger(output=os.path.join(args.output, "log.txt"), name="oneshot_d2")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    cfg = get_cfg()
-    add_oneshot_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = load_config(args.config_file, [o for o in args.opts if o != "--debug"])
     cfg.freeze()
     register_all_builtin()
     check_datasets([args.train, args.val])
     for name in (args.train, args.val):
         check_image_classes(name, cfg.MODEL.ONESHOT.NUM_IMAGE_CLASSES)
+    check_weights(cfg, eval_only=True)  # a random detector gives a meaningless ceiling
+    make_folder(args.output, "--output folder")
+    setup_logger(output=os.path.join(args.output, "log.txt"), name="oneshot_d2")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     class_names = list(MetadataCatalog.get(args.val).image_classes)
 
     model = build_model(cfg)
-    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    AtomicCheckpointer(model).load(cfg.MODEL.WEIGHTS)  # CheckpointError names a bad file
     if args.copy_seg_branch:
         model.roi_heads.copy_seg_to_cls()
     t0 = time.perf_counter()
@@ -106,4 +106,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main, prog="image_head_ceiling"))

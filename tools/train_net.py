@@ -9,19 +9,50 @@
 
 Multi-GPU / multi-machine runs use Detectron2's ``launch`` (--num-gpus, --num-machines,
 --machine-rank, --dist-url); without a GPU, --num-gpus N starts N CPU processes (gloo).
+
+The config, datasets, class counts, weights and output folder are checked before ``launch``:
+a mistake is one line ``train_net: error: <file or key>: <problem>`` and exit status 2
+(``--debug`` shows the traceback). ``--eval-only`` refuses an empty ``MODEL.WEIGHTS`` (a random
+model) unless ``--allow-random-weights``.
 """
 import oneshot_d2  # noqa: F401  isort: skip  (compatibility remedies first, then datasets)
+import sys
+from typing import List, Optional
+
 from detectron2.engine import default_argument_parser, launch
 
-from oneshot_d2.engine import main
+from oneshot_d2.cli import add_debug_argument, run_cli
+from oneshot_d2.engine import main as train_main
+from oneshot_d2.engine.defaults import check_args
 
-if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
+
+def parse_args(argv: Optional[List[str]] = None):
+    """Detectron2's ``default_argument_parser`` plus ``--debug`` and ``--allow-random-weights``."""
+    parser = add_debug_argument(default_argument_parser())
+    parser.add_argument("--allow-random-weights", action="store_true",
+                        help="with --eval-only and no MODEL.WEIGHTS: evaluate the randomly "
+                             "initialised model on purpose")
+    args = parser.parse_args(argv)
+    if "--debug" in args.opts:  # given after the config options (KEY VALUE ...)
+        args.opts = [o for o in args.opts if o != "--debug"]
+        args.debug = True
+    return args
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Check the arguments and the config, then train or evaluate (``launch``)."""
+    args = parse_args(argv)
+    check_args(args)
     launch(
-        main,
+        train_main,
         args.num_gpus,
         num_machines=args.num_machines,
         machine_rank=args.machine_rank,
         dist_url=args.dist_url,
         args=(args,),
     )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main, prog="train_net"))

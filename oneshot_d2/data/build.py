@@ -4,16 +4,28 @@ from __future__ import annotations
 
 from typing import Dict, Iterable, Iterator, List, Optional
 
-from detectron2.data import (
-    DatasetCatalog,
-    DatasetMapper,
-    MetadataCatalog,
-    build_detection_train_loader,
-)
+from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_train_loader
 
 from .datasets.covid_ct import CT_CLS_EVALUATOR
+from .errors import ConfigError, DatasetError
+from .mapper import CTDatasetMapper
 
-__all__ = ["PairedDataLoader", "build_oneshot_train_loader", "check_image_classes"]
+__all__ = ["PairedDataLoader", "build_oneshot_train_loader", "check_image_classes",
+           "check_image_class_count"]
+
+
+def check_image_class_count(dataset_name: str, num_classes: int) -> None:
+    """Check a classification dataset's metadata ``image_classes`` (when set) against
+    ``MODEL.ONESHOT.NUM_IMAGE_CLASSES``, without loading the dataset.
+
+    Raises:
+        ValueError: they do not number ``num_classes``.
+    """
+    classes = MetadataCatalog.get(dataset_name).get("image_classes", None)
+    if classes is not None and len(classes) != num_classes:
+        raise ConfigError(
+            f"dataset {dataset_name!r} has {len(classes)} image classes {list(classes)} but "
+            f"MODEL.ONESHOT.NUM_IMAGE_CLASSES is {num_classes}: set it to {len(classes)}")
 
 
 def check_image_classes(dataset_name: str, num_classes: int,
@@ -28,20 +40,16 @@ def check_image_classes(dataset_name: str, num_classes: int,
         ValueError: the metadata's ``image_classes`` do not number ``num_classes``, or an
             item's ``image_label`` is missing or outside ``0 .. num_classes - 1``.
     """
-    classes = MetadataCatalog.get(dataset_name).get("image_classes", None)
-    if classes is not None and len(classes) != num_classes:
-        raise ValueError(
-            f"dataset {dataset_name!r} has {len(classes)} image classes {list(classes)} but "
-            f"MODEL.ONESHOT.NUM_IMAGE_CLASSES is {num_classes}: set it to {len(classes)}")
+    check_image_class_count(dataset_name, num_classes)
     for d in DatasetCatalog.get(dataset_name) if dicts is None else dicts:
         label = d.get("image_label")
         if label is None:
-            raise ValueError(
+            raise DatasetError(
                 f"dataset {dataset_name!r}: {d.get('file_name')} has no image_label (is it a "
                 "segmentation dataset? classification sets are registered with "
                 "register_covidx_cls / register_csv_cls)")
         if not 0 <= int(label) < num_classes:
-            raise ValueError(
+            raise DatasetError(
                 f"dataset {dataset_name!r}: {d.get('file_name')} has image_label {label!r}, "
                 f"outside 0..{num_classes - 1} (MODEL.ONESHOT.NUM_IMAGE_CLASSES={num_classes})")
 
@@ -65,7 +73,8 @@ def build_oneshot_train_loader(cfg):
     for name in cfg.DATASETS.TRAIN:  # classification sets trained alone (CTImageClassifier)
         if MetadataCatalog.get(name).get("evaluator_type", None) == CT_CLS_EVALUATOR:
             check_image_classes(name, cfg.MODEL.ONESHOT.NUM_IMAGE_CLASSES)
-    seg_loader = build_detection_train_loader(cfg)
+    seg_loader = build_detection_train_loader(
+        cfg, mapper=CTDatasetMapper(cfg, True, cfg.DATASETS.TRAIN))
     if not cfg.DATASETS.TRAIN_CLS:
         return seg_loader
     cls_dicts: List[Dict] = []
@@ -74,8 +83,8 @@ def build_oneshot_train_loader(cfg):
         check_image_classes(name, cfg.MODEL.ONESHOT.NUM_IMAGE_CLASSES, dicts)
         cls_dicts.extend(dicts)
     if not cls_dicts:
-        raise ValueError(f"DATASETS.TRAIN_CLS {tuple(cfg.DATASETS.TRAIN_CLS)} holds no image")
+        raise DatasetError(f"DATASETS.TRAIN_CLS {tuple(cfg.DATASETS.TRAIN_CLS)} holds no image")
     cls_loader = build_detection_train_loader(
-        cfg, dataset=cls_dicts, mapper=DatasetMapper(cfg, is_train=True),
+        cfg, dataset=cls_dicts, mapper=CTDatasetMapper(cfg, True, cfg.DATASETS.TRAIN_CLS),
         total_batch_size=cfg.SOLVER.CLS_IMS_PER_BATCH)
     return PairedDataLoader(seg_loader, cls_loader)

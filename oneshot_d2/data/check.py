@@ -1,11 +1,12 @@
 """Dataset checker: finds what would silently spoil training or evaluation.
 
-Per image: unreadable or missing files, a size different from the recorded height / width,
-masks that do not decode, differ in size from the image, are empty or reach outside it, unknown
-lesion categories or slice labels. Across images: duplicated files or identical image content
-(within a split: warning; across train / evaluation splits: error), and **patient leakage**:
-a patient id present in a training split and in an evaluation split. Splits without patient ids
-are reported as "leakage not checkable", never as clean.
+Per image: missing, empty, truncated or unreadable files, 16-bit slices (training needs 8-bit),
+a size different from the recorded height / width, masks that do not decode, differ in size
+from the image, are empty or reach outside it, unknown lesion categories or slice labels.
+Across images: duplicated files or identical image content (within a split: warning; across
+train / evaluation splits: error), and **patient leakage**: a patient id present in a training
+split and in an evaluation split. Splits without patient ids are reported as "leakage not
+checkable", never as clean.
 """
 from __future__ import annotations
 
@@ -17,9 +18,9 @@ from typing import Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from PIL import Image, UnidentifiedImageError
 
-from .io import decode_mask
+from .errors import DatasetError
+from .io import decode_mask, open_image
 
 __all__ = ["Finding", "DatasetReport", "check_dataset_dicts", "check_dataset_splits"]
 
@@ -74,15 +75,14 @@ def _file_digest(path: str) -> str:
 
 
 def _image_size(path: str):
-    """(H, W) of an image file, or an error message."""
+    """(H, W) of an image file as training reads it (:func:`~oneshot_d2.data.io.open_image`:
+    fully decoded, EXIF-oriented, 8-bit), or the problem (missing, empty, truncated, 16-bit)."""
     try:
-        with Image.open(path) as im:
-            im.load()  # decode fully: truncated files fail here
-            return (im.height, im.width), None
-    except FileNotFoundError:
-        return None, "image file not found"
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        return None, f"unreadable image ({e.__class__.__name__}: {e})"
+        im = open_image(path)
+    except DatasetError as e:
+        message, prefix = str(e), f"{path}: "
+        return None, message[len(prefix):] if message.startswith(prefix) else message
+    return (im.height, im.width), None
 
 
 def check_dataset_dicts(dicts: Sequence[Dict], name: str, num_thing_classes: Optional[int] = None,

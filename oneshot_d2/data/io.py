@@ -2,35 +2,130 @@
 writer for dataset and report files: the one place for each of these jobs."""
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
 import json
+import logging
 import os
 import tempfile
-from typing import Any, Dict, List, Optional, Sequence, Union
+from collections import defaultdict
+from typing import IO, Any, Dict, Iterator, List, Optional, Sequence, Union
 
 import cv2
 import numpy as np
 import pycocotools.mask as mask_util
 from detectron2.structures import polygons_to_bitmask
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from .errors import DatasetError
+from .safe_fs import clean_orphans, file_mode, fsync_dir, tmp_prefix
 
-__all__ = ["read_gray", "read_label_image", "read_manifest", "decode_mask", "atomic_write_json",
-           "atomic_write_text", "atomic_write_bytes"]
+__all__ = ["open_image", "strict_decoding", "make_folder", "WIDE_MODES",
+           "read_gray", "read_label_image", "read_manifest", "decode_mask", "atomic_write_json",
+           "atomic_write_text", "atomic_write_bytes", "atomic_open"]
 
 
-def read_gray(path: str) -> np.ndarray:
-    """Read an image as (H, W) uint8 grayscale.
+logger = logging.getLogger(__name__)
+
+# PIL modes of more than 8 bits per channel (16-bit grey PNGs open as "I;16*" or "I").
+WIDE_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+
+
+@contextlib.contextmanager
+def strict_decoding() -> Iterator[None]:
+    """Decode with ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` off (a truncated file raises), even
+    if another library switched it on for the process."""
+    saved = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        yield
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = saved
+
+
+def _refuse_wide(im: Image.Image, path: str) -> None:
+    """Raise for a slice of more than 8 bits per channel (e.g. HU + 1024 exported from DICOM):
+    Detectron2's reader clips it to 255 and OpenCV scales it to 0..7, so its meaning depends on
+    the reader; oneshot_d2 does not guess an HU window."""
+    if im.mode in WIDE_MODES:
+        im.load()
+        lo, hi = im.getextrema()
+        raise DatasetError(
+            f"{path}: {'32-bit' if im.mode in ('I', 'F') else '16-bit'} image (PIL mode "
+            f"{im.mode}, values {lo}..{hi}); slices must be 8-bit: window the HU values to "
+            "0..255 first (e.g. oneshot_d2.data.phantom.lung_window(hu): level -600, width 1500)")
+
+
+def open_image(path: str, decode: bool = True) -> Image.Image:
+    """Open an image slice with PIL, the library Detectron2's dataset mapper reads it with: the
+    one checked reader of the converters, the dataset checker and the training / evaluation
+    mapper (:class:`oneshot_d2.data.mapper.CTDatasetMapper`), so that they agree.
+
+    Args:
+        path: the image file.
+        decode: decode every pixel (a truncated file fails here) and apply the EXIF orientation,
+            as Detectron2 does; ``False`` reads the header only (mode and size; the mapper then
+            decodes with Detectron2's reader).
 
     Raises:
-        DatasetError: the file is missing or cannot be decoded.
+        DatasetError: missing, empty, undecodable or truncated file, or more than 8 bits per
+            channel (16-bit PNG); the message names the file.
     """
     if not os.path.isfile(path):
         raise DatasetError(f"{path}: image file not found")
-    img = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
-    if img is None:
-        raise DatasetError(f"{path}: unreadable image (not a decodable PNG/JPEG)")
-    return img
+    if os.path.getsize(path) == 0:
+        raise DatasetError(f"{path}: empty image file (0 bytes)")
+    try:
+        with strict_decoding(), Image.open(path) as im:
+            _refuse_wide(im, path)
+            if not decode:
+                return im
+            im.load()
+            return ImageOps.exif_transpose(im)
+    except DatasetError:
+        raise
+    except UnidentifiedImageError:
+        raise DatasetError(f"{path}: unreadable image (not a decodable PNG/JPEG)") from None
+    except (OSError, SyntaxError, ValueError) as e:  # PIL: truncated / corrupt data
+        raise DatasetError(f"{path}: unreadable image, truncated or corrupt "
+                           f"({e.__class__.__name__}: {e})") from e
+
+
+def _first_blocker(folder: str) -> Optional[str]:
+    """The nearest existing ancestor of ``folder`` (itself included) when it is not a folder."""
+    path = os.path.abspath(folder)
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    return path if os.path.exists(path) and not os.path.isdir(path) else None
+
+
+def make_folder(folder: str, what: str = "folder") -> str:
+    """Create ``folder`` (and its parents) if needed and check that it is writable; returns it.
+
+    Raises:
+        OSError: ``filename`` is ``folder``; the message says why (e.g. which part of the path
+            is a regular file).
+    """
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        blocker = _first_blocker(folder)
+        reason = f"{blocker} is a file, not a folder" if blocker else e.strerror
+        raise type(e)(e.errno, f"cannot create the {what} ({reason})", folder) from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, f"the {what} is not writable", folder)
+    return folder
+
+
+def read_gray(path: str) -> np.ndarray:
+    """Read an image slice as (H, W) uint8 grey levels through :func:`open_image` (fully
+    decoded, EXIF-oriented, 8-bit; RGB / RGBA / palette images are converted to luminance).
+
+    Raises:
+        DatasetError: see :func:`open_image`.
+    """
+    return np.asarray(open_image(path).convert("L"))
 
 
 def _read_palette_indices(path: str):
@@ -72,9 +167,42 @@ def read_label_image(path: str) -> np.ndarray:
     return mask
 
 
+def _manifest_columns(csv_file: str, fieldnames: Optional[Sequence[str]],
+                      required: Sequence[Union[str, Sequence[str]]], expected: str):
+    """``[(name, present column)]`` copies for the alternatives of ``required``; raises for
+    missing columns."""
+    fields = set(fieldnames or ())
+    missing, copies = set(), []
+    for entry in required:
+        names = (entry,) if isinstance(entry, str) else tuple(entry)
+        present = next((n for n in names if n in fields), None)
+        if present is None:
+            missing.add(names[0])
+        elif present != names[0]:
+            copies.append((names[0], present))
+    if missing:
+        raise DatasetError(f"{csv_file}: manifest lacks column(s) {sorted(missing)} "
+                           f"(has {list(fieldnames or ())})"
+                           + (f"; expected {expected}" if expected else ""))
+    return copies
+
+
+def _warn_duplicate_rows(csv_file: str, lines: Dict[tuple, List[int]]) -> None:
+    """One warning per manifest naming the lines of rows that repeat an earlier row."""
+    repeated = [ls for ls in lines.values() if len(ls) > 1]
+    if repeated:
+        shown = "; ".join("lines " + ", ".join(map(str, ls)) for ls in repeated[:3])
+        logger.warning("%s: %d row(s) listed more than once (%s%s); each copy is used", csv_file,
+                       sum(len(ls) - 1 for ls in repeated), shown,
+                       "; ..." if len(repeated) > 3 else "")
+
+
 def read_manifest(csv_file: str, required: Sequence[Union[str, Sequence[str]]] = (),
-                  expected: str = "", allow_empty: bool = False) -> List[Dict[str, str]]:
+                  expected: str = "", allow_empty: bool = False,
+                  nonempty: Sequence[str] = ()) -> List[Dict[str, str]]:
     """Rows of a CSV manifest as dicts, values stripped (a value missing from a short row: "").
+    UTF-8 with or without a byte-order mark (Excel's "CSV UTF-8"), LF or CRLF line ends; rows
+    that repeat an earlier row are kept and reported in one warning.
 
     Args:
         csv_file: the manifest (first line: column names).
@@ -83,32 +211,32 @@ def read_manifest(csv_file: str, required: Sequence[Union[str, Sequence[str]]] =
             (e.g. ``("file_name", "path")``: rows get ``file_name`` even from a ``path`` column).
         expected: a description of the expected columns, added to the missing-column message.
         allow_empty: return ``[]`` for a manifest without rows instead of raising.
+        nonempty: columns (names after the copies above) whose cell must not be empty.
 
     Raises:
-        DatasetError: missing file, missing columns, or no rows; the message names the file.
+        DatasetError: missing file, not UTF-8, missing columns, an empty cell of a ``nonempty``
+            column (file and line named), or no rows; the message names the file.
     """
     if not os.path.isfile(csv_file):
         raise DatasetError(f"{csv_file}: manifest not found")
-    with open(csv_file, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        fields = set(reader.fieldnames or ())
-        missing, copies = set(), []
-        for entry in required:
-            names = (entry,) if isinstance(entry, str) else tuple(entry)
-            present = next((n for n in names if n in fields), None)
-            if present is None:
-                missing.add(names[0])
-            elif present != names[0]:
-                copies.append((names[0], present))
-        if missing:
-            raise DatasetError(f"{csv_file}: manifest lacks column(s) {sorted(missing)} "
-                               f"(has {reader.fieldnames})"
-                               + (f"; expected {expected}" if expected else ""))
-        rows = [{k: (v or "").strip() for k, v in row.items() if k is not None}
-                for row in reader]
-    for row in rows:
-        for name, present in copies:
-            row[name] = row[present]
+    rows, lines = [], defaultdict(list)
+    try:
+        with open(csv_file, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            copies = _manifest_columns(csv_file, reader.fieldnames, required, expected)
+            for raw in reader:
+                row = {k: (v or "").strip() for k, v in raw.items() if k is not None}
+                for name, present in copies:
+                    row[name] = row[present]
+                empty = [c for c in nonempty if not row.get(c)]
+                if empty:
+                    raise DatasetError(f"{csv_file}:{reader.line_num}: empty {empty[0]!r} cell")
+                lines[tuple(sorted(row.items()))].append(reader.line_num)
+                rows.append(row)
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{csv_file}: not UTF-8 text ({e.reason} at byte {e.start}); save "
+                           "it as CSV UTF-8") from None
+    _warn_duplicate_rows(csv_file, lines)
     if not rows and not allow_empty:
         raise DatasetError(f"{csv_file}: manifest has no rows")
     return rows
@@ -128,20 +256,39 @@ def decode_mask(seg: Any, height: int, width: int) -> Optional[np.ndarray]:
     return None
 
 
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename, so
-    that ``path`` is either the old file or the complete new one."""
+@contextlib.contextmanager
+def atomic_open(path: str, mode: str = "wb") -> Iterator[IO]:
+    """Open a temporary file next to ``path`` for writing; when the block ends without an
+    error, flush it to disk and rename it to ``path`` (``os.replace``), so that ``path`` is
+    always either the old file or the complete new one, even after a kill -9 or a crash.
+
+    The temporary file is ``<name>.tmp-<host>-<pid>-<random>`` (see :mod:`.safe_fs`): removed on an
+    error, left behind only by a killed process; the next write of ``path`` removes those of
+    dead processes (with a warning). The new file gets the usual mode (0o666 less the umask).
+    """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    clean_orphans(folder, bases=[os.path.basename(path)], kinds=("tmp",))
+    fd, tmp = tempfile.mkstemp(prefix=tmp_prefix(os.path.basename(path)), dir=folder)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        with os.fdopen(fd, mode) as f:
+            os.fchmod(f.fileno(), file_mode())
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    fsync_dir(folder)
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` through :func:`atomic_open`, so that ``path`` is either the
+    old file or the complete new one."""
+    with atomic_open(path, "wb") as f:
+        f.write(data)
 
 
 def atomic_write_text(path: str, text: str) -> None:

@@ -16,6 +16,7 @@ convention is radiological: anterior up, the patient's right on the image's left
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Tuple
 
@@ -24,7 +25,7 @@ import numpy as np
 
 __all__ = [
     "BACKGROUND", "LUNG", "GGO", "CONSOLIDATION", "CLASS_NAMES", "PatientAnatomy",
-    "PhantomSlice", "sample_anatomy", "render_slice", "lung_window",
+    "PhantomSlice", "sample_anatomy", "render_slice", "lung_window", "min_slice_size",
 ]
 
 BACKGROUND, LUNG, GGO, CONSOLIDATION = 0, 1, 2, 3
@@ -33,6 +34,15 @@ CLASS_NAMES: Tuple[str, str, str] = ("Normal", "CP", "COVID-19")
 NORMAL, CP, COVID = 0, 1, 2
 
 AIR_HU = -1000.0
+
+
+def min_slice_size(min_area: int = 100) -> int:
+    """The smallest slice size (pixels) whose lesions still exceed ``min_area`` pixels often
+    enough to give a segmentation set with instances (measured: at 64 px about half the
+    lesion slices keep a component of more than 100 px, none at 40). Lesion areas scale with
+    the size squared, so the minimum grows with the square root of ``min_area``; never below
+    32 px (the anatomy needs it)."""
+    return max(32, math.ceil(64 * math.sqrt(max(min_area, 1) / 100)))
 
 
 @dataclass(frozen=True)

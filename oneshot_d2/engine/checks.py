@@ -2,13 +2,22 @@
 and of evaluation results against ``TEST.EXPECTED_RESULTS``."""
 from __future__ import annotations
 
+import json
 import logging
 import math
-from typing import Dict, List
+import os
+from typing import Dict, List, Optional
 
 from detectron2.config import CfgNode
+from detectron2.data import DatasetCatalog, MetadataCatalog
 
-__all__ = ["check_training_config", "frozen_random_layers", "verify_results"]
+from ..config import ConfigError
+from ..data.build import check_image_class_count
+from ..data.datasets.covid_ct import CT_CLS_EVALUATOR
+from ..data.errors import CheckpointError
+
+__all__ = ["check_training_config", "frozen_random_layers", "verify_results",
+           "check_solver_values", "check_dataset_classes", "check_weights"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,24 +53,130 @@ def check_training_config(cfg: CfgNode) -> None:
     """Refuse training settings that run but train a crippled model.
 
     Raises:
-        ValueError: frozen random layers (see :func:`frozen_random_layers`), or a batch-norm
-            image head with fewer than 2 classification images per step.
+        ValueError: frozen random layers (see :func:`frozen_random_layers`), a batch-norm
+            image head with fewer than 2 classification images per step, or class counts that
+            do not fit the registered datasets (:func:`check_dataset_classes`).
     """
     frozen = frozen_random_layers(cfg)
     if frozen:
-        raise ValueError(
+        raise ConfigError(
             "training from scratch (MODEL.WEIGHTS is empty) would keep layers frozen at random "
             f"values: {'; '.join(frozen)}. Set MODEL.BACKBONE.FREEZE_AT 0 and a trainable norm "
             "(MODEL.RESNETS.NORM BN / SyncBN / GN), or set MODEL.WEIGHTS to pretrained weights")
     one = cfg.MODEL.get("ONESHOT")
     if (one is not None and cfg.DATASETS.TRAIN_CLS and one.IMAGE_HEAD.NORM in _BN_NORMS
             and cfg.SOLVER.CLS_IMS_PER_BATCH < 2):
-        raise ValueError(
+        raise ConfigError(
             f"MODEL.ONESHOT.IMAGE_HEAD.NORM={one.IMAGE_HEAD.NORM!r} with "
             f"SOLVER.CLS_IMS_PER_BATCH={cfg.SOLVER.CLS_IMS_PER_BATCH}: batch norm over one "
             "slice's RoIs removes the slice-level mean of every channel in training but not at "
             "inference. Use MODEL.ONESHOT.IMAGE_HEAD.NORM GN (batch-independent) or >= 2 "
             "classification images per step")
+    check_dataset_classes(cfg)
+
+
+def check_solver_values(cfg: CfgNode, world_size: int = 1) -> None:
+    """Refuse training values that fail deep inside Detectron2 or train nothing.
+
+    Raises:
+        ConfigError: a batch size (``SOLVER.IMS_PER_BATCH``, and ``SOLVER.CLS_IMS_PER_BATCH``
+            with ``DATASETS.TRAIN_CLS``) that is not positive or not divisible by the number of
+            processes, or a ``SOLVER.MAX_ITER`` that is not positive.
+    """
+    batches = [("SOLVER.IMS_PER_BATCH", cfg.SOLVER.IMS_PER_BATCH)]
+    if cfg.DATASETS.get("TRAIN_CLS"):
+        batches.append(("SOLVER.CLS_IMS_PER_BATCH", cfg.SOLVER.CLS_IMS_PER_BATCH))
+    for key, value in batches:
+        if value <= 0:
+            raise ConfigError(f"{key}: must be a positive number of images per iteration, "
+                              f"got {value}")
+        if value % world_size:
+            raise ConfigError(f"{key}: {value} images cannot be split evenly over "
+                              f"{world_size} processes")
+    if cfg.SOLVER.MAX_ITER <= 0:
+        raise ConfigError(f"SOLVER.MAX_ITER: must be a positive number of iterations, "
+                          f"got {cfg.SOLVER.MAX_ITER}")
+
+
+def _lesion_classes(name: str) -> Optional[List[str]]:
+    """A segmentation dataset's category names: its metadata's ``thing_classes``, else the
+    ``categories`` of its COCO JSON (``json_file`` metadata); ``None`` when unknown."""
+    meta = MetadataCatalog.get(name)
+    classes = meta.get("thing_classes", None)
+    if classes is not None:
+        return list(classes)
+    json_file = meta.get("json_file", None)
+    if not json_file or not os.path.isfile(json_file):
+        return None
+    try:
+        with open(json_file, encoding="utf-8") as f:
+            categories = json.load(f)["categories"]
+        return [c["name"] for c in sorted(categories, key=lambda c: c["id"])]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # the loader reports the malformed file
+
+
+def check_dataset_classes(cfg: CfgNode) -> None:
+    """Check the model's class counts against the registered datasets of ``DATASETS.TRAIN``,
+    ``DATASETS.TRAIN_CLS`` and ``DATASETS.TEST`` (from their metadata; unregistered names are
+    left to :func:`~oneshot_d2.engine.defaults.check_datasets`).
+
+    Raises:
+        ConfigError: ``MODEL.ROI_HEADS.NUM_CLASSES`` smaller than a segmentation dataset's
+            categories (the extra categories would land on the background index).
+        ValueError: a classification dataset's class count differs from
+            ``MODEL.ONESHOT.NUM_IMAGE_CLASSES``.
+    """
+    names = list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.get("TRAIN_CLS", ())) + list(
+        cfg.DATASETS.TEST)
+    registered = set(DatasetCatalog.list())
+    num_things = cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    for name in dict.fromkeys(n for n in names if n in registered):
+        meta = MetadataCatalog.get(name)
+        if meta.get("evaluator_type", None) == CT_CLS_EVALUATOR:
+            if cfg.MODEL.get("ONESHOT") is not None:
+                check_image_class_count(name, cfg.MODEL.ONESHOT.NUM_IMAGE_CLASSES)
+            continue
+        classes = _lesion_classes(name)
+        if classes is not None and len(classes) > num_things:
+            raise ConfigError(
+                f"MODEL.ROI_HEADS.NUM_CLASSES: {num_things}, but dataset {name!r} has "
+                f"{len(classes)} categories {classes} (category ids >= {num_things} would "
+                f"train as background): set it to {len(classes)}")
+
+
+def check_weights(cfg: CfgNode, eval_only: bool = False, resume: bool = False,
+                  allow_random: bool = False) -> None:
+    """Check ``MODEL.WEIGHTS`` before anything is built.
+
+    Args:
+        cfg: the config.
+        eval_only: evaluation only (``--eval-only``): empty weights are refused, since the
+            model would be evaluated at its random initialisation, unless ``resume`` (the
+            checkpoint in ``OUTPUT_DIR`` is used; :func:`~oneshot_d2.engine.defaults.main`
+            refuses when there is none) or ``allow_random``.
+        resume: ``--resume``.
+        allow_random: ``--allow-random-weights``: evaluate a random model on purpose.
+
+    Raises:
+        ConfigError: empty weights with ``eval_only`` (see above).
+        CheckpointError: a local weights file that is missing, a folder or empty.
+    """
+    path = cfg.MODEL.WEIGHTS
+    if not path:
+        if eval_only and not resume and not allow_random:
+            raise ConfigError(
+                "MODEL.WEIGHTS: empty, so a randomly initialised model would be evaluated; "
+                "give MODEL.WEIGHTS <checkpoint.pth> (train_net --eval-only: or "
+                "--allow-random-weights to do it on purpose)")
+        return
+    if "://" in path:  # detectron2:// or a URL: fetched by the checkpointer
+        return
+    if not os.path.isfile(path):
+        what = "a folder, not a checkpoint file" if os.path.isdir(path) else "file not found"
+        raise CheckpointError(f"{path}: MODEL.WEIGHTS {what}")
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"{path}: MODEL.WEIGHTS file is empty (0 bytes)")
 
 
 def verify_results(cfg: CfgNode, results: Dict) -> None:

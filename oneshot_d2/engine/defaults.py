@@ -1,5 +1,7 @@
 """``setup`` and ``main`` behind ``tools/train_net.py`` (kept in the package so that ``launch``
-can pickle them and other scripts can reuse them)."""
+can pickle them and other scripts can reuse them), and ``check_args``, the checks
+``tools/train_net.py`` runs before launching (config, datasets, class counts, weights, output
+folder), so that a mistake is one clear error before any process starts or file is written."""
 from __future__ import annotations
 
 import logging
@@ -7,20 +9,30 @@ import os
 from typing import Iterable
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.config.defaults import _C as D2_DEFAULTS
 from detectron2.data import DatasetCatalog
 from detectron2.engine import default_setup
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from ..config import add_oneshot_config
+from ..compat import filter_known_warnings
+from ..config import ConfigError, load_config
 from ..data.datasets.builtin import datasets_root, register_all_builtin
-from .checks import verify_results
+from ..data.errors import CheckpointError, DatasetKeyError
+from ..data.io import make_folder
+from .checkpoint import AtomicCheckpointer
+from .checks import (
+    check_dataset_classes,
+    check_solver_values,
+    check_training_config,
+    check_weights,
+    verify_results,
+)
 from .trainer import OneShotTrainer
 
-__all__ = ["setup", "main", "check_datasets", "default_output_dir"]
+__all__ = ["setup", "main", "check_datasets", "default_output_dir", "build_config",
+           "check_config", "check_args", "check_complete_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +41,7 @@ def check_datasets(names: Iterable[str]) -> None:
     """Raise a clear error for dataset names that are not registered."""
     missing = [n for n in names if n not in DatasetCatalog.list()]
     if missing:
-        raise KeyError(
+        raise DatasetKeyError(
             f"dataset(s) {missing} are not registered. Predefined datasets register when their "
             f"files exist under $DETECTRON2_DATASETS (now {datasets_root()!r}): run "
             "`python datasets/prepare_phantom.py` for the phantom data or see datasets/README.md; "
@@ -42,35 +54,104 @@ def default_output_dir(config_file: str) -> str:
     return os.path.join("output", os.path.splitext(os.path.basename(config_file))[0])
 
 
-def setup(args) -> CfgNode:
-    """Build the config from ``args`` (``--config-file``, ``opts``; ``OUTPUT_DIR`` defaults to
-    :func:`default_output_dir`), set up logging and the output folder (Detectron2's
-    ``default_setup``), and check the datasets."""
-    cfg = get_cfg()
-    add_oneshot_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+def build_config(args) -> CfgNode:
+    """The config of ``args`` (``--config-file``, ``opts``), not frozen: ``OUTPUT_DIR`` defaults
+    to :func:`default_output_dir`, a CUDA device falls back to the CPU when there is no GPU.
+
+    Raises:
+        ConfigError: no / missing / malformed config file, unknown key, wrong value type
+            (:func:`oneshot_d2.config.load_config`).
+    """
+    if not args.config_file:
+        raise ConfigError("--config-file: missing (e.g. --config-file "
+                          "configs/quick_schedules/mask_rcnn_R_18_FPN_phantom_quick.yaml)")
+    cfg = load_config(args.config_file, args.opts)
     if cfg.OUTPUT_DIR == D2_DEFAULTS.OUTPUT_DIR:  # not set by the YAML nor the command line
         cfg.OUTPUT_DIR = default_output_dir(args.config_file)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logging.getLogger("oneshot_d2").warning("CUDA is not available: running on the CPU")
         cfg.MODEL.DEVICE = "cpu"
+    return cfg
+
+
+def _allow_random_weights(args) -> bool:
+    return bool(getattr(args, "allow_random_weights", False))
+
+
+def check_config(cfg: CfgNode, args, world_size: int = 1) -> None:
+    """The checks that need no model and write nothing: datasets registered, class counts,
+    (training) batch sizes, iterations and frozen random layers, and ``MODEL.WEIGHTS``
+    (:mod:`oneshot_d2.engine.checks`)."""
+    register_all_builtin()
+    check_datasets(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.get("TRAIN_CLS", ()))
+                   + list(cfg.DATASETS.TEST))
+    if args.eval_only:
+        check_dataset_classes(cfg)
+    else:
+        check_solver_values(cfg, world_size)
+        check_training_config(cfg)  # includes check_dataset_classes
+    check_weights(cfg, eval_only=args.eval_only, resume=args.resume,
+                  allow_random=_allow_random_weights(args))
+
+
+def check_args(args) -> CfgNode:
+    """What ``tools/train_net.py`` checks before ``launch``: :func:`build_config`,
+    :func:`check_config` for ``--num-gpus x --num-machines`` processes, and that ``OUTPUT_DIR``
+    can be created (it is created). Returns the (unfrozen) config."""
+    cfg = build_config(args)
+    check_config(cfg, args, world_size=args.num_gpus * args.num_machines)
+    make_folder(cfg.OUTPUT_DIR, "OUTPUT_DIR")
+    return cfg
+
+
+def setup(args) -> CfgNode:
+    """Build the config from ``args`` (:func:`build_config`), check it (:func:`check_config`),
+    set up logging and the output folder (Detectron2's ``default_setup``). Returns it frozen."""
+    cfg = build_config(args)
+    check_config(cfg, args, world_size=comm.get_world_size())
     cfg.freeze()
+    make_folder(cfg.OUTPUT_DIR, "OUTPUT_DIR")
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="oneshot_d2")
-    register_all_builtin()
-    check_datasets(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
     return cfg
+
+
+def check_complete_model(checkpointer: AtomicCheckpointer, cfg: CfgNode,
+                         allow_random: bool = False) -> None:
+    """Refuse to evaluate a model that the loaded file only partly initialised (e.g. ImageNet
+    backbone weights, or a Mask R-CNN checkpoint under a one-shot config): its other layers
+    would be evaluated at their random initial values.
+
+    Raises:
+        CheckpointError: the loaded file lacked some of the model's parameters, unless
+            ``allow_random`` (``--allow-random-weights``).
+    """
+    missing = checkpointer.missing_keys
+    if not missing or allow_random or not cfg.MODEL.WEIGHTS and not checkpointer.resumed_from:
+        return
+    source = checkpointer.resumed_from or cfg.MODEL.WEIGHTS
+    prefixes = sorted({k.split(".")[0] for k in missing})
+    raise CheckpointError(
+        f"{source}: lacks {len(missing)} of the model's parameters (in {', '.join(prefixes)}; "
+        f"e.g. {missing[0]}): they would be evaluated at random values. Give a checkpoint of "
+        "this model (train_net --eval-only: or --allow-random-weights to do it on purpose)")
 
 
 def main(args):
     """Train (optionally resuming), or evaluate a checkpoint with ``--eval-only``; then check
     ``TEST.EXPECTED_RESULTS`` when set."""
+    filter_known_warnings()  # again here: launch's worker processes start afresh
     cfg = setup(args)
     if args.eval_only:
         model = OneShotTrainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume)
+        # a missing / corrupt MODEL.WEIGHTS raises CheckpointError naming the file; with
+        # --resume, a corrupt checkpoint in OUTPUT_DIR raises too (no fallback: never evaluate
+        # another model than the named one); nothing is saved, so nothing is cleaned up
+        checkpointer = AtomicCheckpointer(model, save_dir=cfg.OUTPUT_DIR, save_to_disk=False)
+        checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume, fallback=False)
+        if checkpointer.resumed_from is None:  # no checkpoint in OUTPUT_DIR: MODEL.WEIGHTS only
+            check_weights(cfg, eval_only=True, allow_random=_allow_random_weights(args))
+        check_complete_model(checkpointer, cfg, allow_random=_allow_random_weights(args))
         results = OneShotTrainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, results)

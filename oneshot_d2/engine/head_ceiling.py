@@ -19,9 +19,9 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import torch
-from detectron2.data import DatasetMapper
 from fvcore.nn.precise_bn import get_bn_modules, update_bn_stats
 
+from ..data.mapper import CTDatasetMapper
 from ..evaluation.classification_metrics import classification_metrics
 from ..modeling.image_heads import build_image_head, image_cls_loss
 from .utils import unwrap_model
@@ -62,7 +62,7 @@ def cache_roi_features(cfg, model: torch.nn.Module, dataset_dicts: List[Dict],
     """
     model = unwrap_model(model)
     model.eval()
-    mapper = DatasetMapper(cfg, is_train=False)
+    mapper = CTDatasetMapper(cfg, False)
     feats, labels, index, view = [], [], [], []
     views = (False, True) if flip else (False,)
     items = []

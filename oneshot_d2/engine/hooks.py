@@ -25,6 +25,7 @@ from typing import Deque, Dict
 from detectron2.engine import HookBase
 from detectron2.utils import comm
 
+from ..data.errors import ConfigError
 from .utils import unwrap_model
 
 __all__ = ["CopyClsBranchesHook", "SEG_LOSS_KEYS", "COPY_MODES"]
@@ -40,9 +41,9 @@ class CopyClsBranchesHook(HookBase):
 
     def __init__(self, mode: str = "best", period: int = 100, window: int = 20):
         if mode not in COPY_MODES:
-            raise ValueError(f"MODEL.ONESHOT.COPY.MODE must be one of {COPY_MODES}, got {mode!r}")
+            raise ConfigError(f"MODEL.ONESHOT.COPY.MODE must be one of {COPY_MODES}, got {mode!r}")
         if period < 1 or window < 1:
-            raise ValueError("MODEL.ONESHOT.COPY.PERIOD and SMOOTHING_WINDOW must be >= 1")
+            raise ConfigError("MODEL.ONESHOT.COPY.PERIOD and SMOOTHING_WINDOW must be >= 1")
         self.mode, self.period, self.window = mode, period, window
         self._recent: Deque[float] = deque(maxlen=window)
         self.best = math.inf

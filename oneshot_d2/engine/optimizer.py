@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Tuple
 import torch
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 
+from ..data.errors import ConfigError
 from .utils import unwrap_model
 
 __all__ = ["SGDAdam", "build_optimizer", "OPTIMIZERS"]
@@ -117,9 +118,9 @@ def build_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
     """
     name, head_name = cfg.SOLVER.OPTIMIZER, cfg.SOLVER.IMAGE_HEAD_OPTIMIZER or cfg.SOLVER.OPTIMIZER
     if name not in OPTIMIZERS:
-        raise ValueError(f"SOLVER.OPTIMIZER must be one of {OPTIMIZERS}, got {name!r}")
+        raise ConfigError(f"SOLVER.OPTIMIZER must be one of {OPTIMIZERS}, got {name!r}")
     if head_name != name and (name, head_name) != ("SGD", "Adam"):
-        raise ValueError("SOLVER.IMAGE_HEAD_OPTIMIZER may differ from SOLVER.OPTIMIZER only as "
+        raise ConfigError("SOLVER.IMAGE_HEAD_OPTIMIZER may differ from SOLVER.OPTIMIZER only as "
                          f"Adam beside SGD, got {head_name!r} beside {name!r}")
     params = get_default_optimizer_params(
         model,

@@ -1,6 +1,8 @@
 """``OneShotTrainer``: Detectron2's ``DefaultTrainer`` with oneshot_d2's evaluators and optimizers.
 
 Resume restores the optimizer state too (``oneshot_d2.compat`` remedy 8 on Detectron2 v0.6).
+Checkpoints are written atomically and a resume skips corrupt ones
+(:class:`~oneshot_d2.engine.checkpoint.AtomicCheckpointer`).
 """
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import logging
 import os
 from typing import Optional
 
-from detectron2.data import MetadataCatalog
+from detectron2.data import MetadataCatalog, build_detection_test_loader
 from detectron2.engine import DefaultTrainer, TrainerBase, hooks
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, DatasetEvaluators
 from detectron2.utils import comm
@@ -16,8 +18,11 @@ from detectron2.utils import comm
 from ..compat import has_compiled_ops
 from ..data.build import build_oneshot_train_loader, check_image_classes
 from ..data.datasets.covid_ct import CT_CLS_EVALUATOR
+from ..data.errors import ConfigError
+from ..data.mapper import CTDatasetMapper
 from ..evaluation import ClassificationEvaluator, PerImageAPEvaluator
 from ..modeling.roi_heads import OneShotROIHeads
+from .checkpoint import AtomicCheckpointer
 from .checks import check_training_config, verify_results
 from .hooks import CopyClsBranchesHook, ImageLossStartHook
 from .optimizer import build_optimizer
@@ -52,7 +57,7 @@ class OneShotTrainer(DefaultTrainer):
             return ClassificationEvaluator(
                 dataset_name, distributed=True, output_dir=output_folder,
                 f1_weights=tuple(cfg.TEST.CLASSIFICATION.F1_WEIGHTS) or None)
-        raise ValueError(
+        raise ConfigError(
             f"dataset {dataset_name!r} has evaluator_type={evaluator_type!r}; oneshot_d2 "
             f"evaluates 'coco' (lesion segmentation) and '{CT_CLS_EVALUATOR}' (slice "
             "classification) datasets")
@@ -61,16 +66,43 @@ class OneShotTrainer(DefaultTrainer):
     def build_train_loader(cls, cfg):
         return build_oneshot_train_loader(cfg)
 
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name: str):
+        """Detectron2's test loader with :class:`CTDatasetMapper` (errors name the image file
+        and the dataset)."""
+        return build_detection_test_loader(
+            cfg, dataset_name, mapper=CTDatasetMapper(cfg, False, (dataset_name,)))
+
     def __init__(self, cfg):
         check_training_config(cfg)
-        super().__init__(cfg)
+        super().__init__(cfg)  # calls build_hooks, which installs the AtomicCheckpointer
+
+    def _use_atomic_checkpointer(self) -> None:
+        """Replace the ``DetectionCheckpointer`` that ``DefaultTrainer.__init__`` creates (in
+        place writes: a kill can truncate ``model_final.pth``) by an :class:`AtomicCheckpointer`
+        with the same model, folder and checkpointables. Done in :meth:`build_hooks`, which
+        ``DefaultTrainer.__init__`` calls right after creating it, because the
+        ``PeriodicCheckpointer`` hook keeps a reference to the checkpointer."""
+        if not isinstance(self.checkpointer, AtomicCheckpointer):
+            self.checkpointer = AtomicCheckpointer.from_checkpointer(self.checkpointer)
+
+    def resume_or_load(self, resume: bool = True) -> None:
+        """Detectron2's ``resume_or_load`` through :class:`AtomicCheckpointer`: with ``resume``,
+        continue from the newest complete checkpoint in ``OUTPUT_DIR`` (a corrupt one is
+        skipped with a warning), else load ``MODEL.WEIGHTS`` and start at iteration 0."""
+        self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
+        if resume and self.checkpointer.resumed_from is not None:
+            # the checkpoint stores the iteration that had finished: start at the next one
+            self.start_iter = self.iter + 1
 
     def build_hooks(self):
         """Detectron2's hooks, plus :class:`CopyClsBranchesHook` (one-shot models) placed
         *before* PreciseBN, the checkpointer and the evaluation (the step's losses are in the
         event storage once ``run_step`` returns): a copy at the last iteration is then in the
         precise BN statistics, in ``model_final.pth`` and in the evaluated model; and
-        :class:`ImageLossStartHook` when ``MODEL.ONESHOT.IMAGE_HEAD.LOSS_START_ITER > 0``."""
+        :class:`ImageLossStartHook` when ``MODEL.ONESHOT.IMAGE_HEAD.LOSS_START_ITER > 0``.
+        Checkpoints are saved by an :class:`AtomicCheckpointer`."""
+        self._use_atomic_checkpointer()
         ret = super().build_hooks()
         model = unwrap_model(self.model)
         roi_heads = getattr(model, "roi_heads", None)

@@ -21,6 +21,7 @@ from detectron2.data import MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
 from tabulate import tabulate
 
+from ..data.errors import DatasetKeyError
 from ..data.io import atomic_write_bytes
 from ._gather import gather_on_main
 from .classification_metrics import classification_metrics
@@ -59,8 +60,8 @@ class ClassificationEvaluator(DatasetEvaluator):
         """
         meta = MetadataCatalog.get(dataset_name)
         if not meta.get("image_classes", None):
-            raise KeyError(f"dataset {dataset_name!r} has no 'image_classes' metadata: register "
-                           "it with register_covidx_cls / register_csv_cls")
+            raise DatasetKeyError(f"dataset {dataset_name!r} has no 'image_classes' metadata: "
+                                  "register it with register_covidx_cls / register_csv_cls")
         self.class_names: List[str] = list(meta.image_classes)
         self.dataset_name = dataset_name
         self.distributed = distributed
@@ -74,7 +75,8 @@ class ClassificationEvaluator(DatasetEvaluator):
     def process(self, inputs, outputs):
         for x, out in zip(inputs, outputs):
             if "image_label" not in x:
-                raise KeyError(f"{x.get('file_name')}: no image_label in a classification set")
+                raise DatasetKeyError(
+                    f"{x.get('file_name')}: no image_label in a classification set")
             self._records.append({"image_id": x.get("image_id"),
                                   "file_name": x.get("file_name", ""),
                                   "label": int(x["image_label"]),

@@ -17,6 +17,7 @@ from detectron2.data import DatasetCatalog
 from detectron2.evaluation import DatasetEvaluator
 from tabulate import tabulate
 
+from ..data.errors import DatasetError, DatasetKeyError
 from ..data.io import atomic_write_text, decode_mask
 from ._gather import gather_on_main
 from .per_image_ap import IOU_THRESHOLDS, image_ap, summarize_per_image_ap
@@ -41,10 +42,10 @@ def annotation_masks(record: Dict) -> tuple:
             continue
         m = decode_mask(ann.get("segmentation"), h, w)
         if m is None:
-            raise ValueError(f"{record.get('file_name')}: annotation without a mask "
+            raise DatasetError(f"{record.get('file_name')}: annotation without a mask "
                              "(the per-image AP needs 'segmentation')")
         if m.shape != (h, w):
-            raise ValueError(f"{record.get('file_name')}: mask {m.shape} differs from the "
+            raise DatasetError(f"{record.get('file_name')}: mask {m.shape} differs from the "
                              f"image size {(h, w)}")
         masks.append(m)
         classes.append(int(ann["category_id"]))
@@ -79,7 +80,7 @@ class PerImageAPEvaluator(DatasetEvaluator):
         for x, out in zip(inputs, outputs):
             record = self._gt.get(x["image_id"])
             if record is None:
-                raise KeyError(f"{x.get('file_name')}: image_id {x['image_id']!r} is not in "
+                raise DatasetKeyError(f"{x.get('file_name')}: image_id {x['image_id']!r} is not in "
                                f"{self.dataset_name}")
             gt_masks, gt_classes = annotation_masks(record)
             inst = out["instances"].to("cpu")
@@ -87,7 +88,7 @@ class PerImageAPEvaluator(DatasetEvaluator):
             pred_masks = inst.pred_masks[keep].numpy().astype(bool) \
                 if inst.has("pred_masks") else np.zeros((0,) + gt_masks.shape[1:], dtype=bool)
             if pred_masks.shape[1:] != gt_masks.shape[1:]:
-                raise ValueError(f"{record.get('file_name')}: predicted masks "
+                raise DatasetError(f"{record.get('file_name')}: predicted masks "
                                  f"{pred_masks.shape[1:]} and ground truth "
                                  f"{gt_masks.shape[1:]} differ in size")
             ap = image_ap(pred_masks, inst.scores[keep].numpy(),

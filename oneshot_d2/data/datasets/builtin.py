@@ -95,7 +95,8 @@ def register_all_builtin(root: Optional[str] = None) -> List[str]:
         path = os.path.join(root, folder)
         if os.path.isdir(path):
             names += register_cncb_layout(path, prefix)
-    names += register_public_datasets(root, registered=DatasetCatalog.list())
+    # a corrupt public index is reported and skipped: never fatal to `import oneshot_d2`
+    names += register_public_datasets(root, registered=DatasetCatalog.list(), strict=False)
     if names:
         logger.debug("registered builtin datasets under %s: %s", root, names)
     return names

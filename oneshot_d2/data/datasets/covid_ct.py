@@ -116,7 +116,8 @@ FILE_COLUMNS = ("file_name", "path", "image", "filename")
 def _read_manifest(csv_file: str) -> List[Dict[str, str]]:
     """Rows of a classification manifest (may be empty), each with ``file_name`` and ``label``."""
     return read_manifest(csv_file, ("label", FILE_COLUMNS), allow_empty=True,
-                         expected="file_name (or path),label[,patient_id][,split]")
+                         expected="file_name (or path),label[,patient_id][,split]",
+                         nonempty=("file_name", "label"))
 
 
 def manifest_classes(csv_file: str) -> List[str]:
@@ -150,7 +151,9 @@ def load_csv_manifest(csv_file: str, class_names: Sequence[str], image_root: Opt
             if "split" not in row:
                 raise DatasetError(f"{csv_file}: split={split!r} requested but the manifest has "
                                    "no 'split' column")
-            if row["split"].strip() != split:
+            if not row["split"]:
+                raise DatasetError(f"{where}: empty 'split' cell")
+            if row["split"] != split:
                 continue
         path = os.path.join(root, row["file_name"].strip())
         if check_files:
@@ -198,18 +201,44 @@ def register_csv_cls(name: str, csv_file: str, class_names: Optional[Sequence[st
                     manifest=csv_file)
 
 
+def _check_categories(json_file: str, dataset_name: str, categories: List[Dict]) -> None:
+    """Raise when the JSON's category names (in id order, as ``load_coco_json`` reads them)
+    differ from the class names the dataset was registered with."""
+    registered = MetadataCatalog.get(dataset_name).get("thing_classes", None)
+    names = [c["name"] for c in sorted(categories, key=lambda c: c["id"])]
+    if registered is not None and list(registered) != names:
+        raise DatasetError(
+            f"{json_file}: categories {names} differ from the class names {list(registered)} "
+            f"that dataset {dataset_name!r} was registered with (register_ct_seg class_names)")
+
+
+def _check_images_exist(json_file: str, dataset_name: str, dicts: List[Dict]) -> None:
+    """Raise naming the first image file of ``dicts`` that is missing, and how many are."""
+    missing = [d["file_name"] for d in dicts if not os.path.isfile(d["file_name"])]
+    if missing:
+        raise DatasetError(
+            f"{missing[0]}: image file not found ({len(missing)} of {len(dicts)} images of "
+            f"dataset {dataset_name!r} missing; annotations {json_file}; wrong image_root?)")
+
+
 def load_ct_seg_json(json_file: str, image_root: str, dataset_name: str) -> List[Dict]:
     """Detectron2's ``load_coco_json`` plus the images' ``patient_id`` (when the JSON has it),
-    with a clear error for a missing or malformed file."""
+    with a clear error for a missing or malformed file, category names that differ from the
+    registered class names, or missing images."""
     if not os.path.isfile(json_file):
         raise DatasetError(f"{json_file}: COCO annotation file not found (dataset "
                            f"{dataset_name!r})")
     try:
         with open(json_file, encoding="utf-8") as f:
-            images = json.load(f)["images"]
+            coco = json.load(f)
+        images = coco["images"]
+        _check_categories(json_file, dataset_name, coco["categories"])
         dicts = load_coco_json(json_file, image_root, dataset_name)
+    except DatasetError:
+        raise
     except (ValueError, KeyError, TypeError) as e:
         raise DatasetError(f"{json_file}: not a valid COCO instance file ({e})") from e
+    _check_images_exist(json_file, dataset_name, dicts)
     patients = {img["id"]: img.get("patient_id") for img in images}
     for d in dicts:
         d["patient_id"] = patients.get(d["image_id"])

@@ -13,26 +13,33 @@ same functions serve users' own copies laid out the same way):
   labels COVID / NonCOVID) -> registered directly from the manifest.
 
 :func:`prepare_public_datasets` writes ``<out>/public/index.json`` that
-:func:`register_public_datasets` (called at import for ``$DETECTRON2_DATASETS``) reads.
+:func:`register_public_datasets` (called at import for ``$DETECTRON2_DATASETS``) reads. Writers
+take turns (a lock file ``index.json.lock``) and merge their entries into the index (read,
+update, atomic rewrite under the lock), so two runs for different sources keep both; a corrupt
+index is skipped with a warning at import and replaced (kept aside) by the next preparation.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
+import time
 from typing import Dict, List, Mapping, Optional, Sequence
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from ..errors import DatasetError
 from ..io import atomic_write_json, read_manifest
+from ..safe_fs import clean_orphans, file_lock
 from .covid_ct import register_csv_cls, register_ct_seg
 from .label_masks import label_masks_to_coco
 
 __all__ = ["MEDSEG_CATEGORY_VALUES", "BINARY_LESION_VALUES", "UCSD_CLASSES",
            "read_manifest", "medseg_to_coco", "covid19_ct_seg_to_coco", "split_volumes",
-           "prepare_public_datasets", "register_public_datasets", "public_index_path"]
+           "prepare_public_datasets", "register_public_datasets", "public_index_path",
+           "read_public_index"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +68,7 @@ def medseg_to_coco(root: str, out_dir: str, modes: Sequence[str] = ("merge", "se
         ``{"<split>_<mode>": json_path}``.
     """
     csv_file = os.path.join(root, manifest)
-    rows = read_manifest(csv_file, ("split", "image", "mask"))
+    rows = read_manifest(csv_file, ("split", "image", "mask"), nonempty=("split", "image", "mask"))
     out = {}
     for split in sorted({r["split"] for r in rows}):
         items = [(os.path.join(root, r["image"]), os.path.join(root, r["mask"]))
@@ -116,7 +123,8 @@ def covid19_ct_seg_to_coco(root: str, out_dir: str, test_volumes: Optional[Seque
         the JSON's ``info``.
     """
     csv_file = os.path.join(root, manifest)
-    rows = read_manifest(csv_file, ("volume", "ct", "infection"))
+    rows = read_manifest(csv_file, ("volume", "ct", "infection"),
+                         nonempty=("volume", "ct", "infection"))
     splits = split_volumes([r["volume"] for r in rows], test_volumes, test_fraction)
     out = {}
     for split, vols in splits.items():
@@ -158,10 +166,30 @@ def prepare_public_datasets(out_root: str, medseg: Optional[str] = None,
     """
     out_dir = os.path.join(out_root, "public")
     index_file = public_index_path(out_root)
+    created = not os.path.isdir(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    try:
+        with file_lock(index_file):  # a second writer waits: no mix of two runs' files
+            clean_orphans(out_dir, kinds=("tmp",))
+            entries = _convert_public(out_dir, medseg, covid19_ct_seg, ucsd, test_volumes,
+                                      min_area)
+            index = _index_for_update(index_file)  # read-merge-write under the lock
+            index.update(entries)
+            atomic_write_json(index_file, index)
+    except BaseException:
+        if created:  # a failed first run leaves no empty public/ folder behind
+            with contextlib.suppress(OSError):
+                os.rmdir(out_dir)  # only if still empty: never removes files
+        raise
+    logger.info("public datasets index -> %s: %s", index_file, sorted(index))
+    return index
+
+
+def _convert_public(out_dir: str, medseg: Optional[str], covid19_ct_seg: Optional[str],
+                    ucsd: Optional[str], test_volumes: Optional[Sequence[str]],
+                    min_area: int) -> Dict[str, Dict]:
+    """Convert the given sources into ``out_dir``; returns their new index entries."""
     index: Dict[str, Dict] = {}
-    if os.path.isfile(index_file):
-        with open(index_file, encoding="utf-8") as f:
-            index = json.load(f)
     if medseg:
         root = os.path.abspath(medseg)
         for key, path in medseg_to_coco(root, out_dir, min_area=min_area).items():
@@ -178,36 +206,52 @@ def prepare_public_datasets(out_root: str, medseg: Optional[str] = None,
                 "classes": list(BINARY_LESION_VALUES)}
     if ucsd:
         csv_file = os.path.abspath(os.path.join(ucsd, "manifest.csv"))
-        rows = read_manifest(csv_file, ("label", "split"))
+        rows = read_manifest(csv_file, ("label", "split"), nonempty=("label", "split"))
         for split in sorted({r["split"] for r in rows}):
             index[f"ucsd_cls_{split}"] = {"type": "cls", "manifest": csv_file, "split": split,
                                           "classes": list(UCSD_CLASSES)}
-    atomic_write_json(index_file, index)
-    logger.info("public datasets index -> %s: %s", index_file, sorted(index))
     return index
 
 
-def register_public_datasets(out_root: str, registered: Sequence[str] = (),
-                             replace: bool = False) -> List[str]:
-    """Register the datasets listed in ``out_root/public/index.json`` (if present), skipping
-    names in ``registered``. With ``replace``, names already in Detectron2's catalogs (e.g.
-    registered on import from an earlier index) are dropped and registered again from the
-    current index. Returns the names registered now."""
-    index_file = public_index_path(out_root)
+def read_public_index(index_file: str) -> Dict[str, Dict]:
+    """The registration index (dataset name -> entry); ``{}`` when there is none.
+
+    Raises:
+        DatasetError: unreadable, not JSON, or not an object of entries; names the file.
+    """
     if not os.path.isfile(index_file):
-        return []
+        return {}
     try:
         with open(index_file, encoding="utf-8") as f:
-            index: Mapping[str, Dict] = json.load(f)
+            index = json.load(f)
     except (OSError, ValueError) as e:
         raise DatasetError(f"{index_file}: unreadable dataset index ({e})") from e
-    names = []
-    for name, entry in index.items():
-        if name in registered:
-            continue
-        if replace and name in DatasetCatalog.list():
-            DatasetCatalog.remove(name)
-            MetadataCatalog.remove(name)
+    if not isinstance(index, dict) or not all(isinstance(v, dict) for v in index.values()):
+        raise DatasetError(f"{index_file}: not a dataset index (expected a JSON object of "
+                           "dataset name -> entry)")
+    return index
+
+
+def _index_for_update(index_file: str) -> Dict[str, Dict]:
+    """The current index, to merge new entries into; a corrupt one is kept aside as
+    ``index.json.corrupt-<time>`` (with a warning) and replaced by a new one."""
+    try:
+        return read_public_index(index_file)
+    except DatasetError as e:
+        aside = f"{index_file}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}"
+        os.replace(index_file, aside)
+        logger.warning("%s; kept it as %s and writing a new index (entries of other sources "
+                       "must be prepared again)", e, aside)
+        return {}
+
+
+def _register_entry(index_file: str, name: str, entry: Mapping) -> None:
+    """Register one index entry.
+
+    Raises:
+        DatasetError: unknown type or missing fields (names the index and the entry).
+    """
+    try:
         if entry.get("type") == "seg":
             register_ct_seg(name, entry["json"], entry["image_root"], entry["classes"])
         elif entry.get("type") == "cls":
@@ -215,5 +259,44 @@ def register_public_datasets(out_root: str, registered: Sequence[str] = (),
         else:
             raise DatasetError(f"{index_file}: entry {name!r} has unknown type "
                                f"{entry.get('type')!r}")
+    except KeyError as e:
+        raise DatasetError(f"{index_file}: entry {name!r} lacks the field {e}") from None
+
+
+def register_public_datasets(out_root: str, registered: Sequence[str] = (),
+                             replace: bool = False, strict: bool = True) -> List[str]:
+    """Register the datasets listed in ``out_root/public/index.json`` (if present), skipping
+    names in ``registered``. With ``replace``, names already in Detectron2's catalogs (e.g.
+    registered on import from an earlier index) are dropped and registered again from the
+    current index. Returns the names registered now.
+
+    Args:
+        strict: raise :class:`DatasetError` for a corrupt index or a bad entry; ``False`` (used
+            at ``import oneshot_d2``) warns and skips it instead, so that a broken index never
+            breaks the import, nor the tool that rewrites it.
+    """
+    index_file = public_index_path(out_root)
+    try:
+        index = read_public_index(index_file)
+    except DatasetError as e:
+        if strict:
+            raise
+        logger.warning("%s; its datasets are not registered (run datasets/prepare_public.py "
+                       "to write it again)", e)
+        return []
+    names = []
+    for name, entry in index.items():
+        if name in registered:
+            continue
+        if replace and name in DatasetCatalog.list():
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+        try:
+            _register_entry(index_file, name, entry)
+        except DatasetError as e:
+            if strict:
+                raise
+            logger.warning("%s; skipped", e)
+            continue
         names.append(name)
     return names

@@ -5,6 +5,8 @@ from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone import FPN
 from detectron2.modeling.backbone.resnet import build_resnet_backbone
 
+from ...data.errors import ConfigError
+
 __all__ = ["build_resnet_single_fpn_backbone"]
 
 
@@ -15,7 +17,7 @@ def build_resnet_single_fpn_backbone(cfg, input_shape: ShapeSpec):
     for ``res4``."""
     bottom_up = build_resnet_backbone(cfg, input_shape)
     if len(cfg.MODEL.FPN.IN_FEATURES) != 1:
-        raise ValueError("build_resnet_single_fpn_backbone takes exactly one FPN input feature, "
+        raise ConfigError("build_resnet_single_fpn_backbone takes exactly one FPN input feature, "
                          f"got MODEL.FPN.IN_FEATURES={cfg.MODEL.FPN.IN_FEATURES}")
     return FPN(bottom_up=bottom_up, in_features=cfg.MODEL.FPN.IN_FEATURES,
                out_channels=cfg.MODEL.FPN.OUT_CHANNELS, norm=cfg.MODEL.FPN.NORM, top_block=None,

@@ -16,6 +16,8 @@ from detectron2.config.defaults import _C as D2_DEFAULTS
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
 from detectron2.structures import ImageList, Instances
 
+from ...data.errors import ConfigError
+
 __all__ = ["CTRCNN", "PIXEL_NORMS", "standardize_per_image", "normalize_images",
            "run_grouped_by_size"]
 
@@ -53,7 +55,7 @@ def normalize_images(batched_inputs: List[Dict], pixel_norm: str, pixel_mean: to
         ImageList of (N, C, H', W') on ``pixel_mean``'s device.
     """
     if pixel_norm not in PIXEL_NORMS:
-        raise ValueError(f"MODEL.PIXEL_NORM must be one of {PIXEL_NORMS}, got {pixel_norm!r}")
+        raise ConfigError(f"MODEL.PIXEL_NORM must be one of {PIXEL_NORMS}, got {pixel_norm!r}")
     device = pixel_mean.device
     images = [x["image"].to(device).float() for x in batched_inputs]
     if pixel_norm == "per_image":
@@ -100,7 +102,7 @@ class CTRCNN(GeneralizedRCNN):
         """
         super().__init__(**kwargs)
         if pixel_norm not in PIXEL_NORMS:
-            raise ValueError(f"MODEL.PIXEL_NORM must be one of {PIXEL_NORMS}, got {pixel_norm!r}")
+            raise ConfigError(f"MODEL.PIXEL_NORM must be one of {PIXEL_NORMS}, got {pixel_norm!r}")
         self.pixel_norm = pixel_norm
 
     @classmethod

@@ -19,6 +19,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
 from detectron2.utils.events import get_event_storage
 from torch import nn
 
+from ...data.errors import ConfigError
 from ..image_heads import image_cls_loss
 from .ct_rcnn import PIXEL_NORMS, normalize_images, run_grouped_by_size
 
@@ -69,11 +70,11 @@ class CTImageClassifier(nn.Module):
         """
         super().__init__()
         if pixel_norm not in PIXEL_NORMS:
-            raise ValueError(f"MODEL.PIXEL_NORM must be one of {PIXEL_NORMS}, got {pixel_norm!r}")
+            raise ConfigError(f"MODEL.PIXEL_NORM must be one of {PIXEL_NORMS}, got {pixel_norm!r}")
         shapes = backbone.output_shape()
         missing = [f for f in in_features if f not in shapes]
         if missing or not in_features:
-            raise ValueError(f"MODEL.IMAGE_CLASSIFIER.IN_FEATURES {list(in_features)}: the "
+            raise ConfigError(f"MODEL.IMAGE_CLASSIFIER.IN_FEATURES {list(in_features)}: the "
                              f"backbone outputs {sorted(shapes)}")
         self.backbone = backbone
         self.in_features = list(in_features)
@@ -126,7 +127,7 @@ class CTImageClassifier(nn.Module):
         if not self.training:
             return self.inference(batched_inputs)
         if any("image_label" not in x for x in batched_inputs):
-            raise ValueError("CTImageClassifier trains on classification items ('image_label'); "
+            raise ConfigError("CTImageClassifier trains on classification items ('image_label'); "
                              "put classification datasets in DATASETS.TRAIN")
         logits = self.logits(batched_inputs)
         labels = torch.as_tensor([int(x["image_label"]) for x in batched_inputs],

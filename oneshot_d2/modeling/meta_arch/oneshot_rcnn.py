@@ -9,6 +9,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
 from detectron2.modeling.proposal_generator.rpn import RPN
 from detectron2.structures import ImageList, Instances
 
+from ...data.errors import ConfigError
 from ..image_heads import build_image_head, image_cls_loss
 from ..roi_heads import OneShotROIHeads
 from .ct_rcnn import CTRCNN
@@ -78,15 +79,15 @@ class OneShotRCNN(CTRCNN):
         """
         super().__init__(**kwargs)
         if not isinstance(self.roi_heads, OneShotROIHeads):
-            raise TypeError("OneShotRCNN needs MODEL.ROI_HEADS.NAME: OneShotROIHeads, got "
+            raise ConfigError("OneShotRCNN needs MODEL.ROI_HEADS.NAME: OneShotROIHeads, got "
                             f"{type(self.roi_heads).__name__}")
         if not isinstance(self.proposal_generator, RPN):
-            raise TypeError("OneShotRCNN needs Detectron2's RPN as proposal generator")
+            raise ConfigError("OneShotRCNN needs Detectron2's RPN as proposal generator")
         self.image_head = image_head
         self.image_loss_weight = image_loss_weight
         self.image_loss_reduction = image_loss_reduction
         if backbone_grad_scale < 0:
-            raise ValueError("MODEL.ONESHOT.IMAGE_HEAD.BACKBONE_GRAD_SCALE must be >= 0, got "
+            raise ConfigError("MODEL.ONESHOT.IMAGE_HEAD.BACKBONE_GRAD_SCALE must be >= 0, got "
                              f"{backbone_grad_scale}")
         self.backbone_grad_scale = backbone_grad_scale
         # False: classification items in training batches are ignored (no forward, no loss);

@@ -19,6 +19,7 @@ from detectron2.modeling import ROI_HEADS_REGISTRY, StandardROIHeads
 from detectron2.structures import Boxes, Instances
 from torch import nn
 
+from ...data.errors import ConfigError
 from .roi_batch import PADDING_MODES, select_roi_batch
 
 __all__ = ["OneShotROIHeads"]
@@ -59,9 +60,9 @@ class OneShotROIHeads(StandardROIHeads):
         """
         super().__init__(**kwargs)
         if not self.mask_on:
-            raise ValueError("OneShotROIHeads needs MODEL.MASK_ON: True (mask features)")
+            raise ConfigError("OneShotROIHeads needs MODEL.MASK_ON: True (mask features)")
         if roi_padding not in PADDING_MODES:
-            raise ValueError(f"MODEL.ONESHOT.ROI_PADDING must be one of {PADDING_MODES}")
+            raise ConfigError(f"MODEL.ONESHOT.ROI_PADDING must be one of {PADDING_MODES}")
         self.cls_box_head = cls_box_head
         self.cls_box_predictor = cls_box_predictor
         self.cls_mask_head = cls_mask_head
