@@ -6,7 +6,10 @@ DEMO_CONFIG ?= configs/quick_schedules/oneshot_affinity_R_18_FPN_phantom_quick.y
 DEMO_OPTS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint data clean
+DEMO_OUTPUT ?= output/$(basename $(notdir $(DEMO_CONFIG)))
+PREDICT_OUTPUT ?= output/predict_demo
+
+.PHONY: install demo predict-demo test lint data clean
 
 install:
 	bash tools/install.sh
@@ -16,6 +19,16 @@ data: install
 
 demo: data
 	$(PY) tools/train_net.py --config-file $(DEMO_CONFIG) $(DEMO_OPTS)
+
+# The model `make demo` trained, run on a phantom patient written as a DICOM series and a NIfTI
+# volume: report.json, slices.csv, overlays, summary.png and lesions.nii.gz per study.
+predict-demo: install
+	$(PY) datasets/prepare_phantom_study.py
+	$(PY) tools/predict.py --config-file $(DEMO_CONFIG) \
+	    --input $(DETECTRON2_DATASETS)/phantom_study/dicom \
+	    $(DETECTRON2_DATASETS)/phantom_study/nifti/phantom_ct.nii.gz \
+	    --output $(PREDICT_OUTPUT) --save-overlays --save-nifti \
+	    MODEL.WEIGHTS $(DEMO_OUTPUT)/model_final.pth
 
 test: install lint
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -34,9 +34,16 @@ setup(
         "Pillow",
         "scikit-learn",
         "matplotlib",  # confusion_matrix.png (classification evaluator)
-        "nibabel",  # NIfTI volumes written by the phantom generator
+        "nibabel",  # NIfTI volumes: phantom generator, predict input and lesion label output
+        "pydicom>=2.3",  # predict: DICOM series in Hounsfield units
+        "scipy",  # predict: lung mask (connected components, hole filling)
+        "tqdm",  # predict: progress bar over slices
         "tabulate",
         "PyYAML",  # config files: YAML errors reported with file and line
     ],
-    extras_require={"test": ["pytest", "ruff"]},
+    extras_require={
+        "test": ["pytest", "ruff"],
+        # compressed DICOM transfer syntaxes (JPEG, JPEG-LS, JPEG 2000) through pydicom's handlers
+        "dicom": ["pylibjpeg", "pylibjpeg-libjpeg", "pylibjpeg-openjpeg"],
+    },
 )

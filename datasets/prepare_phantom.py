@@ -48,6 +48,17 @@ def main(argv=None) -> int:
     if args.size < minimum:  # the set would hold no lesion instance
         raise UsageError(f"--size {args.size}: too small for lesions of more than --min-area "
                          f"{args.min_area} px; the minimum is {minimum}")
+    counts = {k: getattr(args, k) for k in ("seg_train", "seg_test", "cls_train", "cls_val",
+                                             "cls_test")}
+    negative = [f"--{k.replace('_', '-')} {v}" for k, v in counts.items() if v < 0]
+    if negative:
+        raise UsageError(f"{', '.join(negative)}: slice counts must be >= 0")
+    if args.slices_per_patient < 1:
+        raise UsageError(f"--slices-per-patient {args.slices_per_patient}: must be >= 1")
+    for flag, shares in (("--cls-shares", args.cls_shares), ("--seg-shares", args.seg_shares)):
+        if min(shares) < 0 or sum(shares) <= 0:
+            raise UsageError(f"{flag} {' '.join(map(str, shares))}: shares must be >= 0 with a "
+                             "positive sum")
     if args.montage:
         write_montage(args.montage, size=args.size, seed=args.seed)
         logger.info("montage written to %s", args.montage)

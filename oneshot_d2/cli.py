@@ -31,7 +31,8 @@ from .compat import filter_known_warnings
 from .data.errors import OneShotError
 
 __all__ = ["DEBUG_ENV", "EXIT_ERROR", "EXPECTED_ERRORS", "UsageError", "add_debug_argument",
-           "debug_requested", "error_message", "run_cli", "worker_error_message"]
+           "debug_requested", "error_message", "quiet_training_tracebacks", "run_cli",
+           "worker_error_message"]
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +93,9 @@ class _NoExpectedTraceback(logging.Filter):
         return True
 
 
-def _quiet_training_tracebacks() -> None:
+def quiet_training_tracebacks() -> None:
+    """Drop the traceback Detectron2's training loop logs for an expected error (the tool
+    prints one line); called by :func:`run_cli`, and by each process ``launch`` starts."""
     train_loop = logging.getLogger(_TRAIN_LOOP_LOGGER)
     if not any(isinstance(f, _NoExpectedTraceback) for f in train_loop.filters):
         train_loop.addFilter(_NoExpectedTraceback())
@@ -116,7 +119,7 @@ def run_cli(main: Callable[[Optional[List[str]]], object], argv: Optional[Sequen
     filter_known_warnings()
     debug = debug_requested(argv)
     if not debug:
-        _quiet_training_tracebacks()
+        quiet_training_tracebacks()
     try:
         status = main(argv)
     except EXPECTED_ERRORS as e:

@@ -140,6 +140,40 @@ def _add_evaluation_config(cfg: CN) -> CN:
     _C.TEST.CLASSIFICATION.F1_WEIGHTS = ()
 
 
+def _add_predict_config(cfg: CN) -> CN:
+    """``INPUT.HU_WINDOW`` and ``PREDICT``: running a trained model on CT studies
+    (``oneshot_d2.inference``, ``tools/predict.py``)."""
+    _C = cfg
+    # (width, level) in HU of the window that made the training slices 8-bit: Hounsfield-unit
+    # inputs (DICOM, NIfTI, 16-bit PNG) are windowed with it before the model sees them. The
+    # phantom uses the lung window W1500 / L-600 (prepare_phantom); 8-bit inputs are taken as
+    # already windowed.
+    _C.INPUT.HU_WINDOW = (1500.0, -600.0)
+    _C.PREDICT = CN()
+    # Lesions counted in the reports, burden and label volumes: detections scoring at least this
+    # (the evaluators use every detection; the papers' per-image AP uses 0.75).
+    _C.PREDICT.LESION_SCORE_THRESH = 0.5
+    # Patient-level result of a study from its slices' class probabilities:
+    # "top_k_mean": each class scores the mean of its k highest slice probabilities (k =
+    #   PATIENT_TOP_K, at most the number of slices); the study is the highest-scoring
+    #   non-negative class when that score reaches PATIENT_THRESH, else the negative class.
+    #   Default: lesions of COVID-19 are often in a few slices only, so a mean over all slices
+    #   hides them, while the top-k mean needs k slices to agree rather than one (max).
+    # "fraction": each class scores the fraction of slices predicted as it; the study is the
+    #   highest non-negative class when that fraction reaches PATIENT_MIN_FRACTION.
+    _C.PREDICT.PATIENT_RULE = "top_k_mean"
+    _C.PREDICT.PATIENT_TOP_K = 5
+    _C.PREDICT.PATIENT_THRESH = 0.5
+    _C.PREDICT.PATIENT_MIN_FRACTION = 0.1
+    # Name of the negative ("no disease") slice class; "" = the class named like normal /
+    # non-COVID / negative / healthy, if any (else the patient result is the top-scoring class).
+    _C.PREDICT.NEGATIVE_CLASS = ""
+    # Classical lung mask for the lesion burden (HU inputs only): voxels below this HU, minus
+    # the air outside the body, largest components kept, holes filled slice by slice.
+    _C.PREDICT.LUNG_HU_THRESH = -320.0
+    return cfg
+
+
 def add_oneshot_config(cfg: CN) -> CN:
     """Add oneshot_d2's keys to a Detectron2 config, in place.
 
@@ -153,6 +187,7 @@ def add_oneshot_config(cfg: CN) -> CN:
     _add_image_classifier_config(cfg)
     _add_data_config(cfg)
     _add_evaluation_config(cfg)
+    _add_predict_config(cfg)
     return cfg
 
 
@@ -195,6 +230,11 @@ def _describe_merge_error(e: Exception, cfg: CN) -> str:
     mismatch = _TYPE_MISMATCH.search(message)
     if mismatch:
         expected, got, default, value, key = mismatch.groups()
+        if "\n" in default or _type_name(expected).endswith("CfgNode"):
+            return (f"{key}: is a section of keys (e.g. {key}.<KEY>: ...), not a value; got "
+                    f"{' '.join(value.split())!r}")
+        if "\n" in value or _type_name(got).endswith("CfgNode"):
+            return f"{key}: expects a value of type {_type_name(expected)}, got a section of keys"
         return (f"{key}: value {value!r} is of type {_type_name(got)}, expected "
                 f"{_type_name(expected)} (currently {default})")
     return message
@@ -218,6 +258,9 @@ def _merge_file(cfg: CN, config_file: str) -> None:
         cfg.merge_from_file(config_file)
     except yaml.YAMLError as e:
         raise ConfigError(_yaml_error(e, config_file)) from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{config_file}: not UTF-8 text (byte {e.start}: {e.reason}); save "
+                          "the config as UTF-8") from e
     except FileNotFoundError as e:  # a _BASE_ file
         raise ConfigError(f"{e.filename}: config file not found (a _BASE_ of "
                           f"{config_file})") from e

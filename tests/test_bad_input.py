@@ -136,6 +136,9 @@ def seg_opts(out_dir, *extra: str) -> List[str]:
      ("command line: unknown config key 'MODEL.ROI_HEAD.NUM_CLASSES'",
       "did you mean 'MODEL.ROI_HEADS.NUM_CLASSES'")),
     ("", ("SOLVER.IMS_PER_BATCH", "two"), ("command line: SOLVER.IMS_PER_BATCH: value 'two'",)),
+    # a section replaced by a value: yacs' message holds the whole section's dump
+    ("", ("MODEL.ROI_HEADS", "3"), ("command line: MODEL.ROI_HEADS: is a section of keys",)),
+    ("SOLVER: [1, 2]\n", (), ("bad.yaml: SOLVER: is a section of keys",)),
 ])
 def test_config_errors_are_one_line(tmp_path, yaml_text, opts, needles):
     """Catches: yacs' KeyError / ValueError or yaml's ScannerError escaping as a traceback, the
@@ -148,6 +151,16 @@ def test_config_errors_are_one_line(tmp_path, yaml_text, opts, needles):
                              "OUTPUT_DIR", str(tmp_path / "out"), *opts)
     assert_one_error(status, lines, "train_net", *needles)
     assert snapshot(tmp_path) == before and not (tmp_path / "out").exists()
+
+
+def test_config_file_not_utf8(tmp_path):
+    """A config saved as UTF-16 (Windows PowerShell `>`). Catches: the bare codec name
+    ('utf-8') as the whole message."""
+    cfg_file = tmp_path / "u16.yaml"
+    cfg_file.write_bytes(f'_BASE_: "{MASK_RCNN_QUICK}"\n'.encode("utf-16"))
+    status, lines = run_tool(TRAIN_NET, "--config-file", str(cfg_file),
+                             "OUTPUT_DIR", str(tmp_path / "out"))
+    assert_one_error(status, lines, "train_net", "u16.yaml: not UTF-8 text")
 
 
 @pytest.mark.parametrize("setup_files, config, needle", [
@@ -246,7 +259,7 @@ def test_eval_only_without_weights_is_refused(phantom, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["not_a_checkpoint", "truncated", "empty_last_checkpoint",
-                                  "partial_weights"])
+                                  "partial_weights", "foreign_torch_file"])
 def test_unreadable_weights_at_load_time(phantom, tmp_path, case):
     """Errors that only the checkpointer sees (after the model is built), in the process that
     evaluates. Catches: torch's misleading `weights_only` message or a zip error without the
@@ -264,6 +277,11 @@ def test_unreadable_weights_at_load_time(phantom, tmp_path, case):
         torch.save({"model": {"w": torch.zeros(1000)}}, weights)
         truncate(weights)
         opts, needle = ["MODEL.WEIGHTS", str(weights)], f"{weights}: truncated or corrupt"
+    elif case == "foreign_torch_file":  # e.g. a PyTorch Lightning checkpoint
+        weights = tmp_path / "lightning.pth"
+        torch.save({"state_dict": {"w": torch.zeros(1)}, "epoch": 3}, weights)
+        opts = ["MODEL.WEIGHTS", str(weights)]
+        needle = f"{weights}: not a Detectron2 / oneshot_d2 checkpoint"
     elif case == "partial_weights":
         weights = tmp_path / "backbone.pth"
         torch.save({"model": {"backbone.bottom_up.stem.conv1.weight": torch.zeros(1)}}, weights)
@@ -384,6 +402,25 @@ def test_16_bit_slices_refused_everywhere(tmp_path):
     with pytest.raises(DatasetError, match=r"hu\.png: 16-bit image .*\(dataset mine\)"):
         CTDatasetMapper(cfg, False, ("mine",))({"file_name": hu, "height": 40, "width": 40})
     assert snapshot(tmp_path) == before  # no JSON written
+    # a 16-bit colour PNG opens in PIL as 8-bit "RGB" (high byte only): refused as well
+    rgb16 = write_png(tmp_path / "rgb16.png", np.full((8, 8, 3), 1024 - 600, np.uint16))
+    with pytest.raises(DatasetError, match=r"rgb16\.png: 16-bit colour PNG"):
+        open_image(rgb16, decode=False)
+
+
+def test_index_entry_with_wrongly_typed_field(tmp_path, caplog):
+    """A valid-JSON index whose entry has a field of the wrong type: skipped with a warning at
+    import (non-strict), a DatasetError naming the entry when strict. Catches: the TypeError
+    escaping and breaking `import oneshot_d2`."""
+    from oneshot_d2.data.datasets.public_ct import register_public_datasets
+
+    (tmp_path / "public").mkdir()
+    (tmp_path / "public" / "index.json").write_text(
+        '{"x_bad": {"type": "seg", "json": 5, "image_root": null, "classes": 3}}')
+    assert register_public_datasets(str(tmp_path), strict=False) == []
+    assert "x_bad" in caplog.text and "wrong type" in caplog.text
+    with pytest.raises(DatasetError, match="entry 'x_bad' has a field of the wrong type"):
+        register_public_datasets(str(tmp_path), strict=True)
 
 
 def test_reader_agrees_with_detectron2(tmp_path):
@@ -539,6 +576,31 @@ def test_prepare_phantom_size_too_small(tmp_path, size):
     assert_one_error(status, lines, "prepare_phantom", f"--size {size}: too small",
                      "the minimum is 64")
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("args, needle", [
+    (("--slices-per-patient", "0"), "--slices-per-patient 0: must be >= 1"),  # looped forever
+    (("--seg-train", "-1"), "--seg-train -1: slice counts must be >= 0"),
+    (("--cls-shares", "0", "0", "0"), "--cls-shares 0.0 0.0 0.0: shares must be >= 0"),
+])
+def test_prepare_phantom_bad_counts(tmp_path, args, needle):
+    """Catches: a count check dropped (a ValueError traceback, or an endless loop in
+    _patients for 0 slices per patient)."""
+    status, lines = run_tool(PREPARE_PHANTOM, "--root", str(tmp_path / "ph"), "--size", "64",
+                             *args)
+    assert_one_error(status, lines, "prepare_phantom", needle)
+    assert os.listdir(tmp_path) == []
+
+
+def test_debug_environment_variable(monkeypatch):
+    """ONESHOT_D2_DEBUG=1 keeps the traceback like --debug; "0" / "" do not."""
+    from oneshot_d2.cli import debug_requested
+
+    for value, expected in (("1", True), ("yes", True), ("0", False), ("", False)):
+        monkeypatch.setenv("ONESHOT_D2_DEBUG", value)
+        assert debug_requested([]) is expected
+    monkeypatch.delenv("ONESHOT_D2_DEBUG")
+    assert debug_requested(["--debug"]) and not debug_requested([])
 
 
 def test_prepare_phantom_end_to_end_size_zero(tmp_path):

@@ -17,6 +17,14 @@ after --warmup runs, random weights, synthetic phantom slices):
 
 FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` on the same runs (2 FLOPs per
 multiply-add, forward and backward) and reported as GFLOP and GFLOP/s next to every timing.
+
+Study rows (``--rows study``): a phantom patient volume of ``--study-slices`` slices of
+``--study-size`` px, written as NIfTI, through ``tools/predict.py``'s pipeline end to end (read,
+window, model in batches of ``--study-batch``, lung mask, report and study folder; no overlays),
+with the model of ``--study-config`` / ``--study-weights`` (default: the ``make demo`` model if
+trained, else random weights) at its training resolution and at each ``--study-input-sizes``:
+
+    python tools/benchmark.py --rows study --threads 2
 """
 from __future__ import annotations
 
@@ -39,7 +47,7 @@ from tabulate import tabulate
 from torch.utils.flop_counter import FlopCounterMode
 
 from oneshot_d2 import add_oneshot_config
-from oneshot_d2.cli import add_debug_argument, run_cli
+from oneshot_d2.cli import UsageError, add_debug_argument, run_cli
 from oneshot_d2.data.phantom import COVID, CP, lung_window, render_slice, sample_anatomy
 from oneshot_d2.engine import OneShotTrainer
 
@@ -174,6 +182,65 @@ def bench_backbone(backbone: str, size: int, iters: int, warmup: int, device: st
     return rows
 
 
+DEMO_CONFIG = "configs/quick_schedules/oneshot_affinity_R_18_FPN_phantom_quick.yaml"
+DEMO_WEIGHTS = "output/oneshot_affinity_R_18_FPN_phantom_quick/model_final.pth"
+
+
+def bench_study(config: str, weights: str, slices: int, size: int, input_sizes: List[int],
+                batch: int, device: str) -> List[List]:
+    """Rows of the study benchmark: seconds per stage of one predict run (see module doc)."""
+    import tempfile
+
+    from oneshot_d2.config import load_config
+    from oneshot_d2.data.phantom_study import render_phantom_study, write_nifti_volume
+    from oneshot_d2.inference import (
+        OneShotPredictor,
+        find_studies,
+        predict_study,
+        study_report,
+        write_study,
+    )
+
+    t = time.perf_counter()
+    study = render_phantom_study(COVID, num_slices=slices, size=size, seed=0,
+                                 slice_spacing_mm=1.25)
+    logger.info("rendered a %d-slice %d px phantom study in %.0f s", slices, size,
+                time.perf_counter() - t)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "study.nii.gz")
+        write_nifti_volume(path, study.hu, study.spacing)
+        for input_size in input_sizes:
+            opts = ["MODEL.DEVICE", device, "MODEL.WEIGHTS", weights]
+            if input_size:
+                opts += ["INPUT.MIN_SIZE_TEST", str(input_size),
+                         "INPUT.MAX_SIZE_TEST", str(input_size)]
+            cfg = load_config(os.path.join(REPO, config), opts)
+            predictor = OneShotPredictor(cfg, batch_size=batch,
+                                         allow_random_weights=not weights)
+            predictor(np.zeros((2, size, size), np.uint8))  # warm-up
+            t0 = time.perf_counter()
+            refs, errors = find_studies([path])
+            loaded = refs[0].load()
+            t1 = time.perf_counter()
+            pred = predict_study(predictor, loaded)
+            t2 = time.perf_counter()
+            report = study_report(pred, predictor, config)
+            write_study(tmp, pred, report, cfg.dump(), predictor.image_classes,
+                        predictor.lesion_classes)
+            t3 = time.perf_counter()
+            total = t3 - t0
+            stages = (f"read {t1 - t0:.1f} s, window {pred.seconds['window']:.1f} s, model "
+                      f"{pred.seconds['model']:.1f} s, lung mask {pred.seconds['lung_mask']:.1f}"
+                      f" s, report + write {t3 - t2:.1f} s")
+            rows.append([os.path.basename(config), f"{slices} x {size}px -> "
+                         f"{cfg.INPUT.MIN_SIZE_TEST}px", batch,
+                         "trained" if weights else "random", round(total, 1),
+                         round(slices / total, 2), stages,
+                         report["patient"]["class"] if report["patient"] else ""])
+    return rows
+
+
 def main(argv=None) -> int:
     p = add_debug_argument(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     p.add_argument("--backbones", nargs="+", default=list(BACKBONES), choices=list(BACKBONES))
@@ -182,17 +249,47 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    p.add_argument("--rows", nargs="+", default=["models"], choices=["models", "study"],
+                   help="model timings (default) and / or the end-to-end study rows")
+    p.add_argument("--study-config", default=DEMO_CONFIG)
+    p.add_argument("--study-weights", default=None,
+                   help=f"default: {DEMO_WEIGHTS} when it exists, else random weights")
+    p.add_argument("--study-slices", type=int, default=300)
+    p.add_argument("--study-size", type=int, default=512)
+    p.add_argument("--study-input-sizes", type=int, nargs="+", default=[0, 512],
+                   help="model input sizes; 0 = the config's (its training resolution)")
+    p.add_argument("--study-batch", type=int, default=8)
     args = p.parse_args(argv)
+    for flag, value in (("--size", args.size), ("--iters", args.iters),
+                        ("--study-slices", args.study_slices), ("--study-size", args.study_size),
+                        ("--study-batch", args.study_batch)):
+        if value < 1:
+            raise UsageError(f"{flag} {value}: must be >= 1")
+    if args.warmup < 0 or min(args.study_input_sizes) < 0:
+        raise UsageError("--warmup and --study-input-sizes must be >= 0")
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
     logging.getLogger("detectron2").setLevel(logging.WARNING)  # no model dumps
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = (torch.cuda.get_device_name(0) if args.device.startswith("cuda")
+              else f"CPU, {torch.get_num_threads()} threads")
+    if "study" in args.rows:
+        weights = args.study_weights
+        if weights is None:
+            weights = DEMO_WEIGHTS if os.path.isfile(os.path.join(REPO, DEMO_WEIGHTS)) else ""
+        rows = bench_study(args.study_config, weights, args.study_slices, args.study_size,
+                           args.study_input_sizes, args.study_batch, args.device)
+        print(f"\nStudy through tools/predict.py's pipeline (NIfTI in, no overlays), {device}, "
+              f"torch {torch.__version__}\n")
+        print(tabulate(rows, headers=["config", "study -> model input", "batch", "weights",
+                                      "seconds", "slices/s", "where the time goes",
+                                      "patient result"], tablefmt="pipe"))
+        if "models" not in args.rows:
+            return 0
     rows = []
     for backbone in args.backbones:
         logger.info("benchmarking %s at %dx%d on %s", backbone, args.size, args.size, args.device)
         rows += bench_backbone(backbone, args.size, args.iters, args.warmup, args.device)
-    device = (torch.cuda.get_device_name(0) if args.device.startswith("cuda")
-              else f"CPU, {torch.get_num_threads()} threads")
     print(f"\n{args.size}x{args.size}, batch as stated, median of {args.iters} runs, {device}, "
           f"torch {torch.__version__}\n")
     print(tabulate(rows, headers=["backbone", "model", "what", "seconds", "GFLOP", "GFLOP/s",

@@ -23,7 +23,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger
 
-from oneshot_d2.cli import add_debug_argument, run_cli
+from oneshot_d2.cli import UsageError, add_debug_argument, run_cli
 from oneshot_d2.config import load_config
 from oneshot_d2.data.build import check_image_classes
 from oneshot_d2.data.datasets.builtin import register_all_builtin
@@ -58,6 +58,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size)):
+        if value < 1:
+            raise UsageError(f"{flag} {value}: must be >= 1")
+    if args.lr <= 0:
+        raise UsageError(f"--lr {args.lr}: must be > 0")
     cfg = load_config(args.config_file, [o for o in args.opts if o != "--debug"])
     cfg.freeze()
     register_all_builtin()

@@ -44,10 +44,26 @@ def strict_decoding() -> Iterator[None]:
         ImageFile.LOAD_TRUNCATED_IMAGES = saved
 
 
+def _png_bit_depth(path: str) -> int:
+    """The bit depth per channel in a PNG's IHDR chunk (byte 24), 0 when unreadable."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(25)
+    except OSError:
+        return 0
+    return head[24] if len(head) == 25 and head[12:16] == b"IHDR" else 0
+
+
 def _refuse_wide(im: Image.Image, path: str) -> None:
     """Raise for a slice of more than 8 bits per channel (e.g. HU + 1024 exported from DICOM):
     Detectron2's reader clips it to 255 and OpenCV scales it to 0..7, so its meaning depends on
     the reader; oneshot_d2 does not guess an HU window."""
+    if im.format == "PNG" and im.mode not in WIDE_MODES and _png_bit_depth(path) == 16:
+        # PIL opens 16-bit RGB(A) PNGs as 8-bit "RGB", keeping the high byte only
+        raise DatasetError(
+            f"{path}: 16-bit colour PNG (PIL would read it as 8-bit {im.mode}, keeping the high "
+            "byte); slices must be 8-bit: window the HU values to 0..255 first (e.g. "
+            "oneshot_d2.data.phantom.lung_window(hu): level -600, width 1500)")
     if im.mode in WIDE_MODES:
         im.load()
         lo, hi = im.getextrema()

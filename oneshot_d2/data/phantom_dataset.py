@@ -41,14 +41,12 @@ from .errors import DatasetError
 from .io import atomic_write_json
 from .phantom import COVID, CP, NORMAL, lung_window, render_slice, sample_anatomy
 from .safe_fs import (
-    clean_orphans,
     file_lock,
     file_mode,
-    find_orphans,
     fsync_dir,
     kill_point,
-    parse_sibling,
-    sibling_name,
+    recover_replaced_folder,
+    replace_folder,
     tmp_prefix,
 )
 
@@ -382,47 +380,10 @@ def _write_tree(out: str, spec: PhantomSpec, min_area: Optional[int]) -> Dict[st
     return stats
 
 
-def _swap_in(tmp: str, root: str) -> None:
-    """Rename the complete set ``tmp`` to ``root``. An existing ``root`` is first renamed to
-    ``<root>.old-<host>-<pid>-<random>`` and deleted only once the new set is in place, so a kill at
-    any point leaves the old or the new complete set (a kill between the two renames leaves
-    both aside; the next run puts the new one in place, see :func:`_recover_interrupted`)."""
-    if not os.path.lexists(root):
-        os.rename(tmp, root)
-        return
-    old = sibling_name(root, "old")
-    os.rename(root, old)
-    try:
-        kill_point("phantom-swap")
-        os.rename(tmp, root)
-    except BaseException:
-        os.rename(old, root)
-        raise
-    kill_point("phantom-delete-old")
-    if os.path.islink(old):
-        os.unlink(old)
-    else:
-        shutil.rmtree(old)
-
-
 def _recover_interrupted(root: str) -> None:
-    """Undo what a killed run left next to ``root``: when ``root`` is missing, put back the
-    complete set of an interrupted swap (the new one, else the old one); then remove the
-    temporary and moved-aside folders of dead processes of this host (see :mod:`.safe_fs`;
-    those of another host are left alone)."""
-    parent, base = os.path.split(root)
-    if not os.path.lexists(root):
-        orphans = find_orphans(parent, [base])
-        for kind in ("tmp", "old"):  # a finished new set first: the swap had begun
-            done = [p for p in orphans
-                    if parse_sibling(os.path.basename(p))[1] == kind and phantom_is_complete(p)]
-            if done:
-                source = max(done, key=os.path.getmtime)
-                os.rename(source, root)
-                logger.warning("%s: put back the %s phantom dataset %s, left by an interrupted "
-                               "run", root, "new" if kind == "tmp" else "previous", source)
-                break
-    clean_orphans(parent, [base])
+    """Undo what a killed run left next to ``root`` (:func:`~.safe_fs.recover_replaced_folder`
+    with phantom datasets)."""
+    recover_replaced_folder(root, phantom_is_complete, "phantom dataset")
 
 
 def _check_replaceable(root: str) -> None:
@@ -454,7 +415,7 @@ def _write_locked(root: str, spec: PhantomSpec, overwrite: bool,
     try:
         os.chmod(tmp, file_mode(folder=True))
         stats = _write_tree(tmp, spec, min_area)
-        _swap_in(tmp, root)
+        replace_folder(tmp, root, kill_stage="phantom")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

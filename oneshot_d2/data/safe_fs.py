@@ -22,7 +22,9 @@ SIGKILLs itself when it reaches :func:`kill_point` ``(<stage>)`` -- the kill -9 
 ``tests/test_data_safety.py`` use it to stop a writer at a chosen point. Stages:
 ``phantom-writing`` (the new set half written), ``phantom-swap`` (old set moved aside, new set
 not yet in place), ``phantom-delete-old`` (new set in place, old set not yet deleted),
-``checkpoint-write`` (checkpoint bytes written to the temporary file, not yet renamed).
+``predict-swap`` / ``predict-delete-old`` (the same two points when ``tools/predict.py``
+replaces a study folder), ``checkpoint-write`` (checkpoint bytes written to the temporary file,
+not yet renamed).
 """
 from __future__ import annotations
 
@@ -37,11 +39,11 @@ import re
 import shutil
 import signal
 import socket
-from typing import Iterable, Iterator, List, NamedTuple, Optional, Tuple
+from typing import Callable, Iterable, Iterator, List, NamedTuple, Optional, Tuple
 
 __all__ = ["KILL_ENV", "Sibling", "kill_point", "host_tag", "tmp_prefix", "sibling_name",
            "parse_sibling", "pid_alive", "find_orphans", "clean_orphans", "file_lock", "fsync_dir",
-           "file_mode", "current_umask"]
+           "file_mode", "current_umask", "replace_folder", "recover_replaced_folder"]
 
 logger = logging.getLogger(__name__)
 
@@ -282,3 +284,61 @@ def file_mode(folder: bool = False) -> int:
     """The mode ``open()`` (or, with ``folder``, ``os.mkdir``) gives a new file: 0o666 (0o777)
     less the umask. ``tempfile`` creates 0o600 / 0o700 instead."""
     return (0o777 if folder else 0o666) & ~current_umask()
+
+
+def replace_folder(tmp: str, root: str, kill_stage: str = "") -> None:
+    """Rename the complete folder ``tmp`` to ``root``. An existing ``root`` is first renamed to
+    ``<root>.old-<host>-<pid>-<random>`` and deleted only once the new folder is in place, so a
+    kill at any point leaves the old or the new complete folder (a kill between the two renames
+    leaves both aside, for the writer's next run to put back).
+
+    Args:
+        tmp: the new folder, complete, on the same file system as ``root``.
+        root: its final name.
+        kill_stage: prefix of this swap's :func:`kill_point` stages (``<prefix>-swap``,
+            ``<prefix>-delete-old``), for the kill -9 tests.
+    """
+    if not os.path.lexists(root):
+        os.rename(tmp, root)
+        return
+    old = sibling_name(root, "old")
+    os.rename(root, old)
+    try:
+        if kill_stage:
+            kill_point(f"{kill_stage}-swap")
+        os.rename(tmp, root)
+    except BaseException:
+        os.rename(old, root)
+        raise
+    if kill_stage:
+        kill_point(f"{kill_stage}-delete-old")
+    if os.path.islink(old):
+        os.unlink(old)
+    else:
+        shutil.rmtree(old)
+
+
+def recover_replaced_folder(root: str, is_complete: Callable[[str], bool], what: str) -> None:
+    """Undo what a killed :func:`replace_folder` left next to ``root``: when ``root`` is missing,
+    put back the complete folder of the interrupted swap (the new one, else the old one); then
+    remove the temporary and moved-aside folders of dead processes of this host (those of
+    another host are left alone).
+
+    Args:
+        root: the folder's final name.
+        is_complete: whether a candidate folder is complete (e.g. its marker file is there).
+        what: what the folder holds, for the log (``"phantom dataset"``).
+    """
+    parent, base = os.path.split(root)
+    if not os.path.lexists(root):
+        orphans = find_orphans(parent, [base])
+        for kind in ("tmp", "old"):  # a finished new folder first: the swap had begun
+            done = [p for p in orphans
+                    if parse_sibling(os.path.basename(p))[1] == kind and is_complete(p)]
+            if done:
+                source = max(done, key=os.path.getmtime)
+                os.rename(source, root)
+                logger.warning("%s: put back the %s %s %s, left by an interrupted run", root,
+                               "new" if kind == "tmp" else "previous", what, source)
+                break
+    clean_orphans(parent, [base])

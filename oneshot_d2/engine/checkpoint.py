@@ -166,7 +166,11 @@ class AtomicCheckpointer(DetectionCheckpointer):
         if path and _is_local(path) and not os.path.isfile(path):
             what = "a folder, not a checkpoint file" if os.path.isdir(path) else "not found"
             raise CheckpointError(f"{path}: checkpoint file {what}")
-        return super().load(path, checkpointables=checkpointables)
+        self._loading = path
+        try:
+            return super().load(path, checkpointables=checkpointables)
+        finally:
+            self._loading = ""
 
     def _load_file(self, filename: str) -> Dict[str, Any]:
         preloaded, self._preloaded = self._preloaded, None
@@ -180,7 +184,14 @@ class AtomicCheckpointer(DetectionCheckpointer):
     def _load_model(self, checkpoint: Dict[str, Any]):
         """fvcore's / Detectron2's ``_load_model``, remembering the model keys the checkpoint
         lacked (or held with another shape) in :attr:`missing_keys`."""
-        incompatible = super()._load_model(checkpoint)
+        try:
+            incompatible = super()._load_model(checkpoint)
+        except (ValueError, TypeError, AttributeError) as e:  # fvcore on a foreign torch file
+            source = getattr(self, "_loading", "") or "the checkpoint"
+            raise CheckpointError(
+                f"{source}: not a Detectron2 / oneshot_d2 checkpoint (its 'model' entry is not "
+                f"a state dict of tensors: {_first_line(e)}); convert it to {{'model': "
+                "state_dict}") from e
         self.missing_keys = list(getattr(incompatible, "missing_keys", None) or [])
         self.missing_keys += [k for k, *_ in getattr(incompatible, "incorrect_shapes", None) or []]
         return incompatible

@@ -16,6 +16,7 @@ from detectron2.engine import default_setup
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from ..cli import debug_requested, quiet_training_tracebacks
 from ..compat import filter_known_warnings
 from ..config import ConfigError, load_config
 from ..data.datasets.builtin import datasets_root, register_all_builtin
@@ -141,6 +142,8 @@ def main(args):
     """Train (optionally resuming), or evaluate a checkpoint with ``--eval-only``; then check
     ``TEST.EXPECTED_RESULTS`` when set."""
     filter_known_warnings()  # again here: launch's worker processes start afresh
+    if not (getattr(args, "debug", False) or debug_requested([])):
+        quiet_training_tracebacks()
     cfg = setup(args)
     if args.eval_only:
         model = OneShotTrainer.build_model(cfg)

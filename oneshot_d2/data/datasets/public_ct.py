@@ -246,11 +246,13 @@ def _index_for_update(index_file: str) -> Dict[str, Dict]:
 
 
 def _register_entry(index_file: str, name: str, entry: Mapping) -> None:
-    """Register one index entry.
+    """Register one index entry; on failure nothing of it stays registered.
 
     Raises:
-        DatasetError: unknown type or missing fields (names the index and the entry).
+        DatasetError: unknown type, missing fields or fields of the wrong type (names the index
+            and the entry).
     """
+    existed = name in DatasetCatalog.list() or name in MetadataCatalog.list()
     try:
         if entry.get("type") == "seg":
             register_ct_seg(name, entry["json"], entry["image_root"], entry["classes"])
@@ -259,8 +261,20 @@ def _register_entry(index_file: str, name: str, entry: Mapping) -> None:
         else:
             raise DatasetError(f"{index_file}: entry {name!r} has unknown type "
                                f"{entry.get('type')!r}")
-    except KeyError as e:
-        raise DatasetError(f"{index_file}: entry {name!r} lacks the field {e}") from None
+    except BaseException as e:
+        if not existed:  # registered before a later field failed: undo
+            if name in DatasetCatalog.list():
+                DatasetCatalog.remove(name)
+            if name in MetadataCatalog.list():
+                MetadataCatalog.remove(name)
+        if isinstance(e, DatasetError):
+            raise
+        if isinstance(e, KeyError):
+            raise DatasetError(f"{index_file}: entry {name!r} lacks the field {e}") from None
+        if isinstance(e, (TypeError, ValueError, AttributeError)):
+            raise DatasetError(f"{index_file}: entry {name!r} has a field of the wrong type "
+                               f"({e})") from None
+        raise
 
 
 def register_public_datasets(out_root: str, registered: Sequence[str] = (),

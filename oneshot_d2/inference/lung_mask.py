@@ -1,0 +1,62 @@
+"""A classical lung mask from Hounsfield units, for the lesion burden's "% of lung".
+
+Method (no learnt weights, nothing downloaded):
+
+1. **threshold**: voxels below ``hu_thresh`` (default -320 HU, between aerated lung at about
+   -850 and soft tissue at about +40) are air or lung;
+2. **outside air removed**: in each slice, the below-threshold regions touching the image border
+   (the air around the body, the table's gaps) are dropped;
+3. **connected components** (3-D, 6-connectivity): the largest component is kept, and the
+   second largest too when it holds at least ``second_fraction`` of the largest (two lungs
+   split by the mediastinum); smaller ones (bowel gas, the trachea when apart, noise) go;
+4. **hole filling** slice by slice: vessels, nodules and lesions enclosed by aerated lung
+   become lung.
+
+Dense lesions touching the pleura are not enclosed by aerated lung, so the burden adds the
+predicted lesion voxels to this mask (:func:`oneshot_d2.inference.report.lesion_burden`).
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+__all__ = ["lung_mask"]
+
+
+def _drop_border_regions(air: np.ndarray) -> np.ndarray:
+    """``air`` (H, W) bool without its connected regions (8-connected) that touch the border."""
+    labels, count = ndimage.label(air, structure=np.ones((3, 3), bool))
+    if count == 0:
+        return air
+    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    keep = np.ones(count + 1, bool)
+    keep[border] = False
+    keep[0] = False
+    return keep[labels]
+
+
+def lung_mask(hu: np.ndarray, hu_thresh: float = -320.0,
+              second_fraction: float = 0.1) -> np.ndarray:
+    """The lungs of a CT volume (see the module docstring for the method).
+
+    Args:
+        hu: (N, H, W) Hounsfield units, slices in order along the body axis.
+        hu_thresh: air / lung threshold in HU.
+        second_fraction: the second largest component is kept when at least this fraction
+            of the largest.
+    Returns:
+        (N, H, W) bool lung mask (all False when no lung-like region is found).
+    """
+    if hu.ndim != 3:
+        raise ValueError(f"hu must be (N, H, W), got shape {hu.shape}")
+    inside = np.stack([_drop_border_regions(s < hu_thresh) for s in hu])
+    labels, count = ndimage.label(inside)  # 6-connectivity in 3-D
+    if count == 0:
+        return inside
+    sizes = np.bincount(labels.ravel())[1:]
+    order = np.argsort(-sizes)
+    kept = [order[0] + 1]
+    if count > 1 and sizes[order[1]] >= second_fraction * sizes[order[0]]:
+        kept.append(order[1] + 1)
+    mask = np.isin(labels, kept)
+    return np.stack([ndimage.binary_fill_holes(s) for s in mask])

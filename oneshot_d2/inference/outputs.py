@@ -1,0 +1,192 @@
+"""Writing a study's outputs, all or nothing.
+
+Layout under the output folder ``OUT``::
+
+    OUT/slices.csv                  # every slice of every study of the run
+    OUT/studies.csv                 # one row per study of the run: result, burden, or its error
+    OUT/<study>/report.json         # geometry, model, patient result, burden, per-slice results
+    OUT/<study>/slices.csv          # the study's rows of OUT/slices.csv
+    OUT/<study>/config.yaml         # the full config the model ran with
+    OUT/<study>/summary.png         # with --save-overlays
+    OUT/<study>/overlays/0000.png   # with --save-overlays: one per slice
+    OUT/<study>/lesions.nii.gz      # with --save-nifti: lesion labels in the input's geometry
+
+A study folder is written under a temporary name and renamed into place
+(:func:`~oneshot_d2.data.safe_fs.replace_folder`), so after a kill ``OUT/<study>`` is the
+previous complete folder or the new complete one. An existing ``OUT/<study>`` that this tool did
+not write (no ``report.json`` of ``tools/predict.py``) is never replaced. The CSV files are
+written atomically too.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import shutil
+import tempfile
+from typing import Dict, List, Optional, Sequence
+
+import cv2
+import numpy as np
+
+from ..data.io import atomic_write_text
+from ..data.safe_fs import (
+    file_lock,
+    file_mode,
+    recover_replaced_folder,
+    replace_folder,
+    tmp_prefix,
+)
+from .overlays import key_slices, slice_overlay, summary_figure
+from .report import negative_class_index
+from .study import REPORT_TOOL, StudyPrediction
+from .volume import StudyError
+
+__all__ = ["write_study", "write_run_tables", "is_predict_folder", "csv_text", "study_summary_row"]
+
+logger = logging.getLogger(__name__)
+
+
+def is_predict_folder(folder: str) -> bool:
+    """True when ``folder`` holds a complete study written by this tool (its ``report.json``
+    names ``tools/predict.py``)."""
+    try:
+        with open(os.path.join(folder, "report.json"), encoding="utf-8") as f:
+            return json.load(f).get("tool") == REPORT_TOOL
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def csv_text(rows: Sequence[Dict]) -> str:
+    """CSV of ``rows`` (dicts); the columns are the union of their keys in first-seen order."""
+    columns: List[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, restval="", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def _check_replaceable(folder: str) -> None:
+    if not os.path.lexists(folder):
+        return
+    if os.path.isdir(folder) and not os.path.islink(folder) and (
+            not os.listdir(folder) or is_predict_folder(folder)):
+        return
+    what = "folder" if os.path.isdir(folder) else "file"
+    raise StudyError(f"{folder}: refusing to replace this {what}: it was not written by "
+                     "tools/predict.py (no report.json of it); move it away or choose another "
+                     "--output")
+
+
+def _write_pictures(tmp: str, pred: StudyPrediction, report: Dict, image_classes: List[str],
+                    lesion_classes: List[str]) -> None:
+    """Overlays of every slice and the summary figure into ``tmp``."""
+    study = pred.study
+    os.makedirs(os.path.join(tmp, "overlays"))
+    overlays = {}
+    for i, image in enumerate(pred.images):
+        picture = slice_overlay(
+            image, pred.labels[i], lesion_classes,
+            None if pred.probs is None else pred.probs[i], image_classes,
+            pred.roi_boxes[i] if pred.roi_boxes else None,
+            pred.roi_weights[i] if pred.roi_weights else None,
+            caption=f"{study.name} slice {i}")
+        if not cv2.imwrite(os.path.join(tmp, "overlays", f"{i:04d}.png"), picture):
+            raise OSError(f"could not write the overlay of slice {i} in {tmp}")
+        overlays[i] = picture
+    area = (pred.labels > 0).reshape(len(pred.labels), -1).sum(axis=1)
+    neg = negative_class_index(image_classes, "") if image_classes else None
+    positive = [c for c in range(len(image_classes)) if c != neg]
+    chosen = key_slices(pred.probs, area, positive)
+    if study.positions is not None:
+        xs, xlabel = np.asarray(study.positions, float), "slice position (mm)"
+    else:
+        xs, xlabel = np.arange(len(pred.labels), dtype=float), "slice index"
+    per_class = np.stack([(pred.labels == k + 1).reshape(len(pred.labels), -1).sum(axis=1)
+                          for k in range(len(lesion_classes))], axis=1) \
+        if lesion_classes else np.zeros((len(pred.labels), 0))
+    unit = "px"
+    if study.spacing is not None:
+        per_class = per_class * float(np.prod(study.spacing)) / 1000.0
+        unit = "mL"
+    title = study.name
+    if report.get("patient"):
+        title += f": {report['patient']['class']}"
+    burden = report.get("burden") or {}
+    if "ml" in burden:
+        title += f", lesions {burden['ml']['total']:.1f} mL"
+    if "percent_of_lung" in burden and burden["percent_of_lung"]["total"] is not None:
+        title += f" ({burden['percent_of_lung']['total']:.1f} % of lung)"
+    summary_figure(os.path.join(tmp, "summary.png"), title, xs, xlabel, pred.probs,
+                   image_classes, per_class, lesion_classes, unit,
+                   {i: overlays[i] for i in chosen})
+
+
+def write_study(out_root: str, pred: StudyPrediction, report: Dict, config_yaml: str,
+                image_classes: List[str], lesion_classes: List[str],
+                save_overlays: bool = False, save_nifti: bool = False) -> str:
+    """Write one study's outputs as ``out_root/<study>``, atomically (module docstring).
+
+    Returns:
+        the study folder.
+    Raises:
+        StudyError: ``out_root/<study>`` exists and was not written by this tool.
+    """
+    import nibabel as nib
+
+    name = pred.study.name
+    folder = os.path.join(out_root, name)
+    with file_lock(folder):
+        recover_replaced_folder(folder, is_predict_folder, "prediction")
+        _check_replaceable(folder)
+        tmp = tempfile.mkdtemp(prefix=tmp_prefix(name), dir=out_root)
+        try:
+            os.chmod(tmp, file_mode(folder=True))
+            with open(os.path.join(tmp, "slices.csv"), "w", encoding="utf-8") as f:
+                f.write(csv_text(report["slices"]))
+            with open(os.path.join(tmp, "config.yaml"), "w", encoding="utf-8") as f:
+                f.write(config_yaml)
+            if save_nifti:
+                nib.save(pred.study.label_volume_image(pred.labels),
+                         os.path.join(tmp, "lesions.nii.gz"))
+            if save_overlays:
+                _write_pictures(tmp, pred, report, image_classes, lesion_classes)
+            with open(os.path.join(tmp, "report.json"), "w", encoding="utf-8") as f:
+                json.dump(report, f, indent=1)  # last: it marks the folder complete
+            replace_folder(tmp, folder, kill_stage="predict")
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return folder
+
+
+def study_summary_row(name: str, source: str, report: Optional[Dict] = None,
+                      error: str = "") -> Dict:
+    """One row of ``studies.csv``: the study's patient result and burden, or its error."""
+    row: Dict = {"study": name, "source": source, "status": "error" if error else "ok"}
+    if report is not None:
+        row["slices"] = report["geometry"]["slices"]
+        patient = report.get("patient")
+        if patient:
+            row["patient_class"] = patient["class"]
+            for cls, score in patient["scores"].items():
+                row[f"score_{cls}"] = round(score, 6)
+        burden = report.get("burden") or {}
+        for key in ("ml", "percent_of_lung"):
+            for cls, value in (burden.get(key) or {}).items():
+                row[f"lesion_{key}_{cls}"] = "" if value is None else round(value, 4)
+        if "lung_ml" in burden:
+            row["lung_ml"] = round(burden["lung_ml"], 2)
+    row["error"] = error
+    return row
+
+
+def write_run_tables(out_root: str, slice_rows: List[Dict], study_rows: List[Dict]) -> None:
+    """``OUT/slices.csv`` and ``OUT/studies.csv`` of this run, atomically."""
+    atomic_write_text(os.path.join(out_root, "slices.csv"), csv_text(slice_rows))
+    atomic_write_text(os.path.join(out_root, "studies.csv"), csv_text(study_rows))
