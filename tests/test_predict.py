@@ -405,3 +405,22 @@ def test_prepare_phantom_study_cli(tmp_path):
                          prog="prepare_phantom_study")
     assert status == 2 and "not written by prepare_phantom_study" in err.getvalue()
     assert os.listdir(foreign) == []
+
+
+def test_plain_mask_rcnn_predicts_lesions_without_slice_classes(covid_study):
+    """The Mask R-CNN baseline has no image head: no image_cls, no patient result, the burden
+    still computed. Catches the predictor or the report assuming image_cls."""
+    from common import MASK_RCNN_QUICK
+
+    from oneshot_d2.inference import predict_study, study_report
+
+    cfg = make_cfg(MASK_RCNN_QUICK, *TINY)
+    predictor = OneShotPredictor(cfg, batch_size=4, allow_random_weights=True)
+    assert predictor.image_classes == []
+    study = Study("s", "s", "nifti", covid_study.hu, True, covid_study.spacing,
+                  np.arange(5.0), [f"slice {i}" for i in range(5)], np.eye(4))
+    pred = predict_study(predictor, study)
+    assert pred.probs is None and pred.lung is not None
+    report = study_report(pred, predictor)
+    assert report["patient"] is None and "ml" in report["burden"]
+    assert not any(k.startswith("prob_") for k in report["slices"][0])

@@ -132,7 +132,9 @@ class OneShotPredictor:
         self.input_format = self.cfg.INPUT.FORMAT
         self.augmentations = T.AugmentationList(utils.build_augmentation(self.cfg, False))
         self.device = torch.device(self.cfg.MODEL.DEVICE)
-        head_classes = self.cfg.MODEL.ONESHOT.NUM_IMAGE_CLASSES
+        head_classes = (self.cfg.MODEL.ONESHOT.NUM_IMAGE_CLASSES
+                        if hasattr(self.model, "image_head") or not hasattr(self.model,
+                                                                             "roi_heads") else 0)
         self.image_classes = class_names_of(self.cfg, "image_classes", head_classes, "class")
         self.has_lesions = hasattr(self.model, "roi_heads")
         self.lesion_classes = class_names_of(
@@ -183,7 +185,9 @@ class OneShotPredictor:
 
     @staticmethod
     def _to_cpu(out: Dict) -> SlicePrediction:
-        pred = SlicePrediction(image_cls=out["image_cls"].float().cpu().numpy())
+        pred = SlicePrediction()
+        if "image_cls" in out:  # not for the plain Mask R-CNN baseline
+            pred["image_cls"] = out["image_cls"].float().cpu().numpy()
         if "instances" in out:
             pred["instances"] = out["instances"].to("cpu")
         if "image_cls_boxes" in out:
