@@ -6,8 +6,10 @@ Checkpoints are written atomically and a resume skips corrupt ones
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections import OrderedDict
 from typing import Optional
 
 from detectron2.data import MetadataCatalog, build_detection_test_loader
@@ -21,6 +23,7 @@ from ..data.datasets.covid_ct import CT_CLS_EVALUATOR
 from ..data.errors import ConfigError
 from ..data.mapper import CTDatasetMapper
 from ..evaluation import ClassificationEvaluator, PerImageAPEvaluator
+from ..modeling.meta_arch import image_cls_only
 from ..modeling.roi_heads import OneShotROIHeads
 from .checkpoint import AtomicCheckpointer
 from .checks import check_training_config, verify_results
@@ -61,6 +64,32 @@ class OneShotTrainer(DefaultTrainer):
             f"dataset {dataset_name!r} has evaluator_type={evaluator_type!r}; oneshot_d2 "
             f"evaluates 'coco' (lesion segmentation) and '{CT_CLS_EVALUATOR}' (slice "
             "classification) datasets")
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """Detectron2's ``test``, one dataset at a time, with a one-shot model's inference
+        limited to the slice class (:func:`~oneshot_d2.modeling.image_cls_only`: no lesion
+        boxes or masks nobody reads) on slice-classification datasets. Same results (tested),
+        same return value as ``DefaultTrainer.test``."""
+        if isinstance(evaluators, DatasetEvaluator):
+            evaluators = [evaluators]
+        if evaluators is not None and len(evaluators) != len(cfg.DATASETS.TEST):
+            raise ValueError(f"{len(evaluators)} evaluators for {len(cfg.DATASETS.TEST)} "
+                             "datasets in DATASETS.TEST")
+        inner = unwrap_model(model)
+        results = OrderedDict()
+        for idx, name in enumerate(cfg.DATASETS.TEST):
+            one = cfg.clone()
+            one.defrost()
+            one.DATASETS.TEST = (name,)
+            cls_only = (hasattr(inner, "inference_outputs")
+                        and MetadataCatalog.get(name).get("evaluator_type") == CT_CLS_EVALUATOR)
+            with image_cls_only(inner) if cls_only else contextlib.nullcontext():
+                results[name] = super().test(
+                    one, model, None if evaluators is None else [evaluators[idx]])
+        if len(results) == 1:
+            return list(results.values())[0]
+        return results
 
     @classmethod
     def build_train_loader(cls, cfg):

@@ -7,9 +7,9 @@ from .image_heads import (
     build_image_head,
     image_cls_loss,
 )
-from .meta_arch import OneShotRCNN
+from .meta_arch import OneShotRCNN, image_cls_only
 from .roi_heads import OneShotROIHeads, select_roi_batch
 
-__all__ = ["OneShotRCNN", "OneShotROIHeads", "select_roi_batch", "IMAGE_HEAD_REGISTRY",
-           "AffinityHead", "LSTMAttentionHead", "build_image_head", "image_cls_loss",
-           "build_resnet_single_fpn_backbone"]
+__all__ = ["OneShotRCNN", "image_cls_only", "OneShotROIHeads", "select_roi_batch",
+           "IMAGE_HEAD_REGISTRY", "AffinityHead", "LSTMAttentionHead", "build_image_head",
+           "image_cls_loss", "build_resnet_single_fpn_backbone"]

@@ -1,5 +1,6 @@
-"""The original code's "FPN" with one level: a ResNet trunk cut after ``res4`` (stride 16), one
-lateral 1x1 and one output 3x3 conv, no extra top level. Used by the *faithful* configs."""
+"""The original code's "FPN" with one level: a ResNet trunk cut after one stage (``res4``,
+stride 16, in the affinity code; ``res5``, stride 32, in the LSTM code), one lateral 1x1 and one
+output 3x3 conv, no extra top level. Used by every paper config (``configs/covid``)."""
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone import FPN
@@ -14,7 +15,7 @@ __all__ = ["build_resnet_single_fpn_backbone"]
 def build_resnet_single_fpn_backbone(cfg, input_shape: ShapeSpec):
     """ResNet (``MODEL.RESNETS``, ``OUT_FEATURES`` should be one stage, e.g. ``["res4"]``) +
     a one-level FPN without top block. Output: ``{"p4": (N, FPN.OUT_CHANNELS, H/16, W/16)}``
-    for ``res4``."""
+    for ``res4``, ``{"p5": (N, FPN.OUT_CHANNELS, H/32, W/32)}`` for ``res5``."""
     bottom_up = build_resnet_backbone(cfg, input_shape)
     if len(cfg.MODEL.FPN.IN_FEATURES) != 1:
         raise ConfigError("build_resnet_single_fpn_backbone takes exactly one FPN input feature, "

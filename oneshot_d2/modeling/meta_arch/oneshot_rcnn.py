@@ -1,7 +1,8 @@
 """``OneShotRCNN``: Mask R-CNN + slice classification through the RoI batch's mask features."""
 from __future__ import annotations
 
-from typing import Dict, List
+import contextlib
+from typing import Dict, Iterator, List
 
 import torch
 from detectron2.config import configurable
@@ -15,7 +16,7 @@ from ..roi_heads import OneShotROIHeads
 from .ct_rcnn import CTRCNN
 from .image_classifier import log_train_accuracy
 
-__all__ = ["OneShotRCNN", "scale_grad"]
+__all__ = ["OneShotRCNN", "scale_grad", "image_cls_only", "INFERENCE_OUTPUTS"]
 
 
 class _ScaleGrad(torch.autograd.Function):
@@ -37,6 +38,23 @@ def scale_grad(x: torch.Tensor, scale: float) -> torch.Tensor:
     return _ScaleGrad.apply(x, scale)
 
 
+INFERENCE_OUTPUTS = ("instances", "image_cls")
+
+
+@contextlib.contextmanager
+def image_cls_only(model: "OneShotRCNN") -> Iterator[None]:
+    """Within the block, ``model``'s inference computes the slice class only: no segmentation
+    box inference, no mask head, no mask pasting, no ``instances`` key in the outputs; the
+    ``image_cls*`` outputs are unchanged (tested). ``model`` is the unwrapped ``OneShotRCNN``
+    (not its DDP wrapper)."""
+    before = model.inference_outputs
+    model.inference_outputs = frozenset({"image_cls"})
+    try:
+        yield
+    finally:
+        model.inference_outputs = before
+
+
 @META_ARCH_REGISTRY.register()
 class OneShotRCNN(CTRCNN):
     """One network, two tasks (Ter-Sarkisov 2021).
@@ -56,11 +74,12 @@ class OneShotRCNN(CTRCNN):
     code used the same 200 in both), so the RoI batch is selected alike in training and at
     inference.
 
-    Inference: every output has ``instances`` (lesions) and ``image_cls`` (C class
-    probabilities, softmax of the logits, summing to 1), plus ``image_cls_boxes`` (beta, 4) and
-    ``image_cls_box_scores`` (beta,) -- the RoI batch, in output-image coordinates -- and
-    ``image_cls_explanation``: the head's explanation tensors (affinity X2 and RoI weights, or
-    the attention weights).
+    Inference: every output has ``instances`` (lesions; absent inside :func:`image_cls_only`)
+    and ``image_cls`` (C class probabilities, softmax of the logits, summing to 1), plus
+    ``image_cls_boxes`` (beta, 4) and ``image_cls_box_scores`` (beta,) -- the RoI batch, in
+    output-image coordinates -- and ``image_cls_explanation``: the head's explanation tensors
+    (affinity X2 and RoI weights, or the attention weights). Both branches share the proposals'
+    RoI pooling (``OneShotROIHeads.inference_both``).
     """
 
     @configurable
@@ -93,6 +112,8 @@ class OneShotRCNN(CTRCNN):
         # False: classification items in training batches are ignored (no forward, no loss);
         # set by the trainer's ImageLossStartHook (MODEL.ONESHOT.IMAGE_HEAD.LOSS_START_ITER).
         self.image_loss_enabled = True
+        # What inference computes: INFERENCE_OUTPUTS, or only "image_cls" (image_cls_only).
+        self.inference_outputs = frozenset(INFERENCE_OUTPUTS)
 
     @classmethod
     def from_config(cls, cfg):
@@ -170,7 +191,9 @@ class OneShotRCNN(CTRCNN):
                  proposals: List[Instances]) -> Dict[str, torch.Tensor]:
         """RoI batch selection + image head. Returns the head's outputs (``logits`` (N, C) and
         explanation tensors) plus ``boxes`` (N, beta, 4) and ``box_scores`` (N, beta)."""
-        rois = self.roi_heads.forward_cls_features(features, proposals)
+        return self._classify_rois(self.roi_heads.forward_cls_features(features, proposals))
+
+    def _classify_rois(self, rois: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         out = self.image_head(rois["mask_features"])
         out.update(boxes=rois["boxes"], box_scores=rois["scores"])
         return out
@@ -184,11 +207,14 @@ class OneShotRCNN(CTRCNN):
         images = self.preprocess_image(batched_inputs)
         features = self.backbone(images.tensor)
         proposals, _ = self.proposal_generator(images, features, None)
-        results, _ = self.roi_heads(images, features, proposals, None)
-        cls_out = self.classify(features, proposals)
+        with_instances = "instances" in self.inference_outputs
+        results, rois = self.roi_heads.inference_both(features, proposals, with_instances)
+        cls_out = self._classify_rois(rois)
         probs = torch.softmax(cls_out.pop("logits"), dim=1)
         boxes, box_scores = cls_out.pop("boxes"), cls_out.pop("box_scores")
-        if do_postprocess:
+        if not with_instances:
+            outputs = [{} for _ in batched_inputs]
+        elif do_postprocess:
             outputs = GeneralizedRCNN._postprocess(results, batched_inputs, images.image_sizes)
         else:
             outputs = [{"instances": r} for r in results]

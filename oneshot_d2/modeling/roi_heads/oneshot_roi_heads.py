@@ -10,7 +10,7 @@ papers. The poolers are parameter-free and shared.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from detectron2.config import configurable
@@ -20,7 +20,7 @@ from detectron2.structures import Boxes, Instances
 from torch import nn
 
 from ...data.errors import ConfigError
-from .roi_batch import PADDING_MODES, select_roi_batch
+from .roi_batch import PADDING_MODES, RoIBatch, select_roi_batch
 
 __all__ = ["OneShotROIHeads"]
 
@@ -112,9 +112,30 @@ class OneShotROIHeads(StandardROIHeads):
             cls_.load_state_dict(seg.state_dict())
 
     # ----------------------------------------------------------------------------------------
+    def cls_scores_equal_seg_scores(self) -> bool:
+        """True when the frozen classification box branch holds exactly the segmentation box
+        branch's weights (after a copy, until the next optimizer step), so both score every
+        proposal alike. Compared once per change: the key is each tensor's storage and
+        in-place version counter, which ``copy_``, ``load_state_dict`` and optimizer steps
+        bump."""
+        if self.box_head.training:  # train-mode layers (dropout, BN) may differ from eval mode
+            return False
+        tensors = [t for m in (self.box_head, self.box_predictor, self.cls_box_head,
+                               self.cls_box_predictor) for t in m.state_dict().values()]
+        key = tuple((t.data_ptr(), t._version, t.device) for t in tensors)
+        if key != getattr(self, "_scores_equal_key", None):
+            seg = list(self.box_head.state_dict().values()) \
+                + list(self.box_predictor.state_dict().values())
+            cls_ = list(self.cls_box_head.state_dict().values()) \
+                + list(self.cls_box_predictor.state_dict().values())
+            self._scores_equal = len(seg) == len(cls_) and all(
+                a.shape == b.shape and torch.equal(a, b) for a, b in zip(seg, cls_))
+            self._scores_equal_key = key
+        return self._scores_equal
+
     def forward_cls_features(self, features: Dict[str, torch.Tensor],
                              proposals: List[Instances]) -> Dict[str, torch.Tensor]:
-        """The classification branch: RoI batch selection, then mask features.
+        """The classification branch alone: RoI batch selection, then mask features.
 
         Args:
             features: backbone/FPN maps, each (N, C, Hi, Wi).
@@ -127,7 +148,51 @@ class OneShotROIHeads(StandardROIHeads):
             ``boxes`` (N, beta, 4), ``scores`` (N, beta), ``classes`` (N, beta): the RoI batch;
             ``num_kept`` (N,): distinct boxes before padding.
         """
-        batches = self._select_roi_batches(features, proposals)
+        with torch.no_grad():
+            box_features = self._pool_proposals(features, proposals)
+            predictions = self.cls_box_predictor(self.cls_box_head(box_features))
+        return self._cls_mask_features(features, self._select_roi_batches(predictions,
+                                                                           proposals))
+
+    def inference_both(self, features: Dict[str, torch.Tensor], proposals: List[Instances],
+                       with_instances: bool = True
+                       ) -> Tuple[Optional[List[Instances]], Dict[str, torch.Tensor]]:
+        """Inference of both branches without work done twice: the proposals' RoI pooling is
+        shared (the same boxes on the same maps), the classification branch reuses the
+        segmentation branch's scores when its weights are the same
+        (:meth:`cls_scores_equal_seg_scores`), and ``with_instances=False`` (only the slice
+        class wanted) runs no segmentation box inference and no mask head at all.
+
+        Returns:
+            ``(instances, rois)``: what ``StandardROIHeads.forward`` returns at inference (None
+            when ``with_instances`` is False) and :meth:`forward_cls_features`'s dict; both
+            equal to running the two separately (tested).
+        """
+        assert not self.training, "inference_both runs in eval mode"
+        box_features = self._pool_proposals(features, proposals)
+        shared = self.cls_scores_equal_seg_scores()
+        seg_predictions = None
+        if with_instances or shared:
+            seg_predictions = self.box_predictor(self.box_head(box_features))
+        instances = None
+        if with_instances:
+            instances, _ = self.box_predictor.inference(seg_predictions, proposals)
+            instances = self.forward_with_given_boxes(features, instances)
+        cls_predictions = seg_predictions if shared else \
+            self.cls_box_predictor(self.cls_box_head(box_features))
+        del box_features
+        batches = self._select_roi_batches(cls_predictions, proposals)
+        return instances, self._cls_mask_features(features, batches)
+
+    def _pool_proposals(self, features: Dict[str, torch.Tensor],
+                        proposals: List[Instances]) -> torch.Tensor:
+        """(R_total, C, 7, 7) box-pooled features of every proposal of every image."""
+        return self.box_pooler([features[f] for f in self.box_in_features],
+                               [p.proposal_boxes for p in proposals])
+
+    def _cls_mask_features(self, features: Dict[str, torch.Tensor],
+                           batches: List[RoIBatch]) -> Dict[str, torch.Tensor]:
+        """The classification mask branch on the selected RoI batches (differentiable)."""
         box_features = self.mask_pooler([features[f] for f in self.mask_in_features],
                                         [Boxes(b.boxes) for b in batches])
         mask_features = _mask_head_features(self.cls_mask_head, box_features)
@@ -141,13 +206,11 @@ class OneShotROIHeads(StandardROIHeads):
         }
 
     @torch.no_grad()
-    def _select_roi_batches(self, features, proposals: List[Instances]):
-        """Score every proposal with the frozen classification box branch and select the RoI
-        batch of each image (non-differentiable, as in the papers). An image without proposals
-        gets the whole-image box, like one where no box survives."""
-        x = self.box_pooler([features[f] for f in self.box_in_features],
-                            [p.proposal_boxes for p in proposals])
-        predictions = self.cls_box_predictor(self.cls_box_head(x))
+    def _select_roi_batches(self, predictions, proposals: List[Instances]) -> List[RoIBatch]:
+        """The RoI batch of each image from the classification box branch's ``predictions``
+        (class scores and box deltas of every proposal; non-differentiable, as in the papers).
+        An image without proposals gets the whole-image box, like one where no box
+        survives."""
         boxes = self.cls_box_predictor.predict_boxes(predictions, proposals)
         probs = self.cls_box_predictor.predict_probs(predictions, proposals)
         batches = []
