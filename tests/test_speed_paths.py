@@ -45,6 +45,39 @@ def test_paper_configs_run_the_original_network(name):
     assert cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST == 0.75
 
 
+ONELEVEL_QUICK = "quick_schedules/oneshot_lstm_attn_R_18_onelevel_phantom_quick.yaml"
+ONELEVEL_FINE = "quick_schedules/oneshot_lstm_attn_R_18_onelevel_res3_fg05_phantom_quick.yaml"
+
+
+def _flat(cfg, prefix=""):
+    out = {}
+    for key, value in cfg.items():
+        if hasattr(value, "items"):
+            out.update(_flat(value, prefix + key + "."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def test_onelevel_accuracy_option_changes_only_the_map_and_the_foreground_iou():
+    """The phantom accuracy option of issue 13 is the papers' one-level network with exactly two
+    settings changed (map stride 8 at 256 px, RoI foreground IoU 0.5), so its README row
+    measures those two and nothing else; the built model has one stride-8 map."""
+    paper, fine = (_flat(make_cfg(config_path(c))) for c in (ONELEVEL_QUICK, ONELEVEL_FINE))
+    changed = {k: (paper[k], fine[k]) for k in paper if paper[k] != fine[k]}
+    assert changed == {
+        "MODEL.RESNETS.OUT_FEATURES": (["res4"], ["res3"]),
+        "MODEL.FPN.IN_FEATURES": (["res4"], ["res3"]),
+        "MODEL.RPN.IN_FEATURES": (["p4"], ["p3"]),
+        "MODEL.ROI_HEADS.IN_FEATURES": (["p4"], ["p3"]),
+        "MODEL.ROI_HEADS.IOU_THRESHOLDS": ([0.5, 0.75], [0.5]),
+        "MODEL.ROI_HEADS.IOU_LABELS": ([0, -1, 1], [0, 1]),
+    }
+    model = seeded_model(make_cfg(config_path(ONELEVEL_FINE), "MODEL.DEVICE", "cpu"))
+    assert {k: v.stride for k, v in model.backbone.output_shape().items()} == {"p3": 8}
+    assert model.roi_heads.proposal_matcher.thresholds[1:-1] == [0.5]
+
+
 def test_lstm_paper_model_has_the_original_shapes():
     """The built LSTM paper model (R-50, 256 px to keep the test fast): one stride-32 map,
     30 anchors per location, at most 200 proposals, fc 12544 -> 128, 16 RoIs."""
