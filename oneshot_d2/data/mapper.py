@@ -8,10 +8,12 @@ import logging
 from typing import Dict, Sequence
 
 from detectron2.data import DatasetMapper
+from detectron2.data import transforms as T
 from detectron2.data.detection_utils import SizeMismatchError
 
 from .errors import DatasetError
 from .io import open_image, strict_decoding
+from .transforms import input_transforms
 
 __all__ = ["CTDatasetMapper"]
 
@@ -19,7 +21,9 @@ logger = logging.getLogger(__name__)
 
 
 class CTDatasetMapper(DatasetMapper):
-    """``DatasetMapper(cfg, is_train)`` plus checked image reads.
+    """``DatasetMapper(cfg, is_train)`` plus checked image reads, and the project's input
+    transforms (:func:`~oneshot_d2.data.transforms.input_transforms`, e.g. ``INPUT.CLAHE``)
+    before Detectron2's augmentations.
 
     Each image is first checked by :func:`oneshot_d2.data.io.open_image` (header only: present,
     not empty, 8-bit), then decoded by Detectron2 with PIL, the reader of the converters and of
@@ -34,6 +38,8 @@ class CTDatasetMapper(DatasetMapper):
 
     def __init__(self, cfg, is_train: bool = True, dataset_names: Sequence[str] = ()):
         super().__init__(cfg, is_train)
+        self.augmentations = T.AugmentationList(input_transforms(cfg)
+                                                + list(self.augmentations.augs))
         self.dataset_names = tuple(dataset_names)
 
     def _where(self) -> str:

@@ -19,6 +19,9 @@ resume dies with a bare ``EOFError`` / zip error. Here:
 * An explicitly given weights file that is missing or unreadable raises :class:`CheckpointError`
   naming the file and the problem (not torch's misleading ``weights_only`` message).
 * Temporary files of a killed run (dead process) are removed when the checkpointer is created.
+* ``pretrained://NAME`` weights (:mod:`oneshot_d2.modeling.backbone.pretrained`) are read from
+  the installed file and renamed into the model's trunk by an explicit key map; a trunk tensor
+  the file lacks is an error.
 """
 from __future__ import annotations
 
@@ -34,6 +37,8 @@ from detectron2.checkpoint import DetectionCheckpointer
 from ..data.errors import CheckpointError
 from ..data.io import atomic_open, atomic_write_text
 from ..data.safe_fs import clean_orphans, kill_point, parse_sibling
+from ..modeling.backbone.pretrained import is_pretrained_name, pretrained_state_dict
+from ..modeling.meta_arch.ct_rcnn import TEMPERATURE_BUFFER
 
 __all__ = ["AtomicCheckpointer", "CheckpointError", "describe_unreadable_checkpoint",
            "is_incomplete_checkpoint"]
@@ -177,9 +182,14 @@ class AtomicCheckpointer(DetectionCheckpointer):
         if preloaded is not None and preloaded[0] == filename:
             return preloaded[1]
         try:
-            return super()._load_file(filename)
+            data = super()._load_file(filename)
         except Exception as e:  # noqa: BLE001  any failure to read the file is reported as such
             raise CheckpointError(describe_unreadable_checkpoint(filename, e)) from e
+        source = getattr(self, "_loading", "")
+        if is_pretrained_name(source):  # ImageNet trunk weights: renamed into the model's trunk
+            return {"model": pretrained_state_dict(source, data["model"], self.model),
+                    "__author__": source}
+        return data
 
     def _load_model(self, checkpoint: Dict[str, Any]):
         """fvcore's / Detectron2's ``_load_model``, remembering the model keys the checkpoint
@@ -192,6 +202,9 @@ class AtomicCheckpointer(DetectionCheckpointer):
                 f"{source}: not a Detectron2 / oneshot_d2 checkpoint (its 'model' entry is not "
                 f"a state dict of tensors: {_first_line(e)}); convert it to {{'model': "
                 "state_dict}") from e
+        # checkpoints written before temperature scaling: T = 1, the uncalibrated softmax
+        if incompatible is not None and TEMPERATURE_BUFFER in incompatible.missing_keys:
+            incompatible.missing_keys.remove(TEMPERATURE_BUFFER)
         self.missing_keys = list(getattr(incompatible, "missing_keys", None) or [])
         self.missing_keys += [k for k, *_ in getattr(incompatible, "incorrect_shapes", None) or []]
         return incompatible

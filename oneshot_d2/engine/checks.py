@@ -15,6 +15,7 @@ from ..config import ConfigError
 from ..data.build import check_image_class_count
 from ..data.datasets.covid_ct import CT_CLS_EVALUATOR
 from ..data.errors import CheckpointError
+from ..modeling.backbone.pretrained import is_pretrained_name, pretrained_spec
 
 __all__ = ["check_training_config", "frozen_random_layers", "verify_results",
            "check_solver_values", "check_dataset_classes", "check_weights"]
@@ -24,26 +25,58 @@ logger = logging.getLogger(__name__)
 _BN_NORMS = ("BN", "SyncBN", "naiveSyncBN", "nnSyncBN")
 
 
-def frozen_random_layers(cfg: CfgNode) -> List[str]:
-    """Config settings that keep layers frozen at their random initial values when training
-    starts from scratch (``MODEL.WEIGHTS`` empty); empty when weights are loaded.
+# The norm key of the trunk that pretrained://... weights of each trunk class fill.
+_TRUNK_NORM_KEYS = {"EfficientNetLite": "MODEL.EFFICIENTNET.NORM", "ResNet": "MODEL.RESNETS.NORM"}
+# Config sections of one backbone family, used only when MODEL.BACKBONE.NAME names it.
+_BACKBONE_SECTIONS = {"RESNETS": "resnet", "EFFICIENTNET": "efficientnet", "FPN": "fpn"}
+_DETECTOR_SECTIONS = ("RPN", "ROI_HEADS", "ROI_BOX_HEAD", "ROI_MASK_HEAD", "ROI_KEYPOINT_HEAD")
 
-    * ``MODEL.BACKBONE.FREEZE_AT > 0`` freezes the ResNet stem (1) and res2..res(N) (N > 1);
-    * a ``FrozenBN`` norm anywhere under ``MODEL`` is an identity with default buffers.
+
+def _unused_sections(cfg: CfgNode) -> List[str]:
+    """``MODEL`` sections the config's model does not build: another backbone family's (when the
+    backbone is one of Detectron2's / oneshot_d2's families), and the detector's sections under
+    the plain ``CTImageClassifier``."""
+    name = cfg.MODEL.BACKBONE.NAME.lower()
+    unused = []
+    if any(family in name for family in ("resnet", "efficientnet")):
+        unused += [s for s, family in _BACKBONE_SECTIONS.items() if family not in name]
+    if cfg.MODEL.META_ARCHITECTURE == "CTImageClassifier":
+        unused += list(_DETECTOR_SECTIONS)
+    return unused
+
+
+def frozen_random_layers(cfg: CfgNode) -> List[str]:
+    """Config settings that keep layers frozen at their random initial values.
+
+    Training from scratch (``MODEL.WEIGHTS`` empty):
+
+    * ``MODEL.BACKBONE.FREEZE_AT > 0`` freezes the trunk's stem (1) and its first stages (> 1);
+    * a ``FrozenBN`` norm anywhere under ``MODEL`` is an identity with default buffers (sections
+      of modules the config does not build are skipped: another backbone family's, the
+      detector's under ``CTImageClassifier``).
+
+    With ``pretrained://`` trunk weights only the trunk is loaded, so a ``FrozenBN`` norm outside
+    it (e.g. ``MODEL.FPN.NORM``) is still random. Any other weights file is taken as a complete
+    model: empty list.
     """
-    if cfg.MODEL.WEIGHTS:
+    weights = cfg.MODEL.WEIGHTS
+    if weights and not is_pretrained_name(weights):
         return []
     found = []
-    if cfg.MODEL.BACKBONE.FREEZE_AT > 0:
+    if not weights and cfg.MODEL.BACKBONE.FREEZE_AT > 0:
         found.append(f"MODEL.BACKBONE.FREEZE_AT={cfg.MODEL.BACKBONE.FREEZE_AT} (frozen stem"
-                     f"{'' if cfg.MODEL.BACKBONE.FREEZE_AT == 1 else ' and res2+'})")
+                     f"{'' if cfg.MODEL.BACKBONE.FREEZE_AT == 1 else ' and first stages'})")
+    loaded = _TRUNK_NORM_KEYS.get(pretrained_spec(weights).trunk.__name__) if weights else None
+    unused = {f"MODEL.{s}." for s in _unused_sections(cfg)}
 
     def visit(node: CfgNode, prefix: str) -> None:
         for key, value in node.items():
             if isinstance(value, CfgNode):
-                visit(value, f"{prefix}{key}.")
-            elif key == "NORM" and value == "FrozenBN":
-                found.append(f"{prefix}{key}=FrozenBN (an identity without pretrained weights)")
+                if f"{prefix}{key}." not in unused:
+                    visit(value, f"{prefix}{key}.")
+            elif key == "NORM" and value == "FrozenBN" and f"{prefix}{key}" != loaded:
+                found.append(f"{prefix}{key}=FrozenBN (an identity without pretrained weights"
+                             f"{'; ' + weights + ' fills ' + loaded + ' only' if loaded else ''})")
 
     visit(cfg.MODEL, "MODEL.")
     return found
@@ -59,10 +92,13 @@ def check_training_config(cfg: CfgNode) -> None:
     """
     frozen = frozen_random_layers(cfg)
     if frozen:
+        start = (f"with trunk weights only (MODEL.WEIGHTS {cfg.MODEL.WEIGHTS})"
+                 if cfg.MODEL.WEIGHTS else "from scratch (MODEL.WEIGHTS is empty)")
         raise ConfigError(
-            "training from scratch (MODEL.WEIGHTS is empty) would keep layers frozen at random "
-            f"values: {'; '.join(frozen)}. Set MODEL.BACKBONE.FREEZE_AT 0 and a trainable norm "
-            "(MODEL.RESNETS.NORM BN / SyncBN / GN), or set MODEL.WEIGHTS to pretrained weights")
+            f"training {start}, layers would stay frozen at random values: {'; '.join(frozen)}. "
+            "Set MODEL.BACKBONE.FREEZE_AT 0 and a trainable norm (BN / SyncBN / GN) there, or "
+            "set MODEL.WEIGHTS to weights that hold them")
+    warn_pixel_norm(cfg)
     one = cfg.MODEL.get("ONESHOT")
     if (one is not None and cfg.DATASETS.TRAIN_CLS and one.IMAGE_HEAD.NORM in _BN_NORMS
             and cfg.SOLVER.CLS_IMS_PER_BATCH < 2):
@@ -73,6 +109,21 @@ def check_training_config(cfg: CfgNode) -> None:
             "inference. Use MODEL.ONESHOT.IMAGE_HEAD.NORM GN (batch-independent) or >= 2 "
             "classification images per step")
     check_dataset_classes(cfg)
+
+
+def warn_pixel_norm(cfg: CfgNode) -> None:
+    """Warn when ``pretrained://`` trunk weights meet another input normalisation than the one
+    they were trained with (``MODEL.PIXEL_NORM`` / ``PIXEL_MEAN`` / ``PIXEL_STD``): the model
+    trains, but starts from shifted features."""
+    if not is_pretrained_name(cfg.MODEL.WEIGHTS):
+        return
+    expected = pretrained_spec(cfg.MODEL.WEIGHTS).pixel_norm
+    differ = [k for k, v in expected.items()
+              if (list(cfg.MODEL[k]) if isinstance(v, list) else cfg.MODEL[k]) != v]
+    if differ:
+        logger.warning("%s was trained on inputs normalised with %s; the config has %s",
+                       cfg.MODEL.WEIGHTS, ", ".join(f"MODEL.{k} {v}" for k, v in expected.items()),
+                       ", ".join(f"MODEL.{k} {cfg.MODEL[k]}" for k in differ))
 
 
 def check_solver_values(cfg: CfgNode, world_size: int = 1) -> None:
@@ -169,6 +220,9 @@ def check_weights(cfg: CfgNode, eval_only: bool = False, resume: bool = False,
                 "MODEL.WEIGHTS: empty, so a randomly initialised model would be evaluated; "
                 "give MODEL.WEIGHTS <checkpoint.pth> (train_net --eval-only: or "
                 "--allow-random-weights to do it on purpose)")
+        return
+    if is_pretrained_name(path):  # installed trunk weights: name known and file present
+        pretrained_spec(path).locate()
         return
     if "://" in path:  # detectron2:// or a URL: fetched by the checkpointer
         return

@@ -13,12 +13,14 @@ from detectron2.config import CfgNode
 from detectron2.config.defaults import _C as D2_DEFAULTS
 from detectron2.data import DatasetCatalog
 from detectron2.engine import default_setup
+from detectron2.modeling import build_model
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..cli import debug_requested, quiet_training_tracebacks
 from ..compat import filter_known_warnings
 from ..config import ConfigError, load_config
+from ..data.build import check_image_classes
 from ..data.datasets.builtin import datasets_root, register_all_builtin
 from ..data.errors import CheckpointError, DatasetKeyError
 from ..data.io import make_folder
@@ -33,7 +35,7 @@ from .checks import (
 from .trainer import OneShotTrainer
 
 __all__ = ["setup", "main", "check_datasets", "default_output_dir", "build_config",
-           "check_config", "check_args", "check_complete_model"]
+           "check_config", "check_args", "check_complete_model", "load_model_for_tool"]
 
 logger = logging.getLogger(__name__)
 
@@ -136,6 +138,41 @@ def check_complete_model(checkpointer: AtomicCheckpointer, cfg: CfgNode,
         f"{source}: lacks {len(missing)} of the model's parameters (in {', '.join(prefixes)}; "
         f"e.g. {missing[0]}): they would be evaluated at random values. Give a checkpoint of "
         "this model (train_net --eval-only: or --allow-random-weights to do it on purpose)")
+
+
+def load_model_for_tool(cfg: CfgNode, datasets: Iterable[str], folder: str,
+                        log_file: str | None = None, threads: int = 0,
+                        check_classes: bool = True, complete: bool = True) -> torch.nn.Module:
+    """The common start of the analysis tools (probe, ceiling, calibration, detection counts):
+    register the builtin datasets and check ``datasets`` (and their image classes against
+    ``MODEL.ONESHOT.NUM_IMAGE_CLASSES``), check ``MODEL.WEIGHTS`` (random weights give
+    meaningless numbers), create ``folder`` (for the tool's outputs), set up logging (to
+    ``log_file`` too when given) and the torch threads, build the model and load its weights.
+
+    Args:
+        complete: refuse weights that leave some of the model's parameters at their
+            initial values (False for a probe of a pretrained trunk, whose head is not used).
+
+    Returns:
+        The model, in training mode, with ``MODEL.WEIGHTS`` loaded.
+    """
+    datasets = list(datasets)
+    register_all_builtin()
+    check_datasets(datasets)
+    if check_classes:
+        for name in datasets:
+            check_image_classes(name, cfg.MODEL.ONESHOT.NUM_IMAGE_CLASSES)
+    check_weights(cfg, eval_only=True)
+    make_folder(folder, "output folder")
+    setup_logger(output=log_file, name="oneshot_d2")
+    if threads:
+        torch.set_num_threads(threads)
+    model = build_model(cfg)
+    checkpointer = AtomicCheckpointer(model)
+    checkpointer.load(cfg.MODEL.WEIGHTS)  # CheckpointError names a bad file
+    if complete:
+        check_complete_model(checkpointer, cfg)
+    return model
 
 
 def main(args):

@@ -23,8 +23,10 @@ from ..data.datasets.covid_ct import CT_CLS_EVALUATOR
 from ..data.errors import ConfigError
 from ..data.mapper import CTDatasetMapper
 from ..evaluation import ClassificationEvaluator, PerImageAPEvaluator
+from ..evaluation.classification_evaluation import CHOSEN_THRESHOLD
 from ..modeling.meta_arch import image_cls_only
 from ..modeling.roi_heads import OneShotROIHeads
+from .calibration import TemperatureCalibrationHook
 from .checkpoint import AtomicCheckpointer
 from .checks import check_training_config, verify_results
 from .hooks import CopyClsBranchesHook, ImageLossStartHook
@@ -41,8 +43,11 @@ class OneShotTrainer(DefaultTrainer):
     (``evaluator_type`` in its metadata) and the optimizers of ``SOLVER.OPTIMIZER``."""
 
     @classmethod
-    def build_evaluator(cls, cfg, dataset_name: str,
-                        output_folder: Optional[str] = None) -> DatasetEvaluator:
+    def build_evaluator(cls, cfg, dataset_name: str, output_folder: Optional[str] = None,
+                        threshold: Optional[float] = None,
+                        choose_threshold: bool = False) -> DatasetEvaluator:
+        """The evaluator of the dataset's ``evaluator_type``; ``threshold`` / ``choose_threshold``
+        are passed to a :class:`ClassificationEvaluator` (its operating point)."""
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
         if evaluator_type == "coco":
@@ -59,7 +64,8 @@ class OneShotTrainer(DefaultTrainer):
             check_image_classes(dataset_name, cfg.MODEL.ONESHOT.NUM_IMAGE_CLASSES)
             return ClassificationEvaluator(
                 dataset_name, distributed=True, output_dir=output_folder,
-                f1_weights=tuple(cfg.TEST.CLASSIFICATION.F1_WEIGHTS) or None)
+                f1_weights=tuple(cfg.TEST.CLASSIFICATION.F1_WEIGHTS) or None,
+                threshold=threshold, choose_threshold=choose_threshold)
         raise ConfigError(
             f"dataset {dataset_name!r} has evaluator_type={evaluator_type!r}; oneshot_d2 "
             f"evaluates 'coco' (lesion segmentation) and '{CT_CLS_EVALUATOR}' (slice "
@@ -70,23 +76,40 @@ class OneShotTrainer(DefaultTrainer):
         """Detectron2's ``test``, one dataset at a time, with a one-shot model's inference
         limited to the slice class (:func:`~oneshot_d2.modeling.image_cls_only`: no lesion
         boxes or masks nobody reads) on slice-classification datasets. Same results (tested),
-        same return value as ``DefaultTrainer.test``."""
+        same return value as ``DefaultTrainer.test``.
+
+        With ``TEST.CLASSIFICATION.THRESHOLD_DATASET`` (and evaluators built here), that dataset
+        is evaluated first, its ``chosen_threshold`` is passed to the other classification
+        sets' evaluators, and its results are returned too."""
         if isinstance(evaluators, DatasetEvaluator):
             evaluators = [evaluators]
         if evaluators is not None and len(evaluators) != len(cfg.DATASETS.TEST):
             raise ValueError(f"{len(evaluators)} evaluators for {len(cfg.DATASETS.TEST)} "
                              "datasets in DATASETS.TEST")
         inner = unwrap_model(model)
+        threshold_set = cfg.TEST.CLASSIFICATION.THRESHOLD_DATASET if evaluators is None else ""
+        names = list(dict.fromkeys(([threshold_set] if threshold_set else [])
+                                   + list(cfg.DATASETS.TEST)))
+        given = dict(zip(cfg.DATASETS.TEST, evaluators or ()))
+        threshold = None
         results = OrderedDict()
-        for idx, name in enumerate(cfg.DATASETS.TEST):
+        for name in names:
             one = cfg.clone()
             one.defrost()
             one.DATASETS.TEST = (name,)
-            cls_only = (hasattr(inner, "inference_outputs")
-                        and MetadataCatalog.get(name).get("evaluator_type") == CT_CLS_EVALUATOR)
-            with image_cls_only(inner) if cls_only else contextlib.nullcontext():
-                results[name] = super().test(
-                    one, model, None if evaluators is None else [evaluators[idx]])
+            is_cls = MetadataCatalog.get(name).get("evaluator_type") == CT_CLS_EVALUATOR
+            evaluator = given.get(name)
+            if evaluator is None and threshold_set:
+                evaluator = cls.build_evaluator(
+                    one, name, choose_threshold=name == threshold_set,
+                    threshold=threshold if is_cls and name != threshold_set else None)
+            with image_cls_only(inner) if (is_cls and hasattr(inner, "inference_outputs")) \
+                    else contextlib.nullcontext():
+                results[name] = super().test(one, model, None if evaluator is None
+                                             else [evaluator])
+            if name == threshold_set:
+                threshold = (results[name] or {}).get("classification", {}).get(
+                    CHOSEN_THRESHOLD)
         if len(results) == 1:
             return list(results.values())[0]
         return results
@@ -129,8 +152,10 @@ class OneShotTrainer(DefaultTrainer):
         *before* PreciseBN, the checkpointer and the evaluation (the step's losses are in the
         event storage once ``run_step`` returns): a copy at the last iteration is then in the
         precise BN statistics, in ``model_final.pth`` and in the evaluated model; and
-        :class:`ImageLossStartHook` when ``MODEL.ONESHOT.IMAGE_HEAD.LOSS_START_ITER > 0``.
-        Checkpoints are saved by an :class:`AtomicCheckpointer`."""
+        :class:`ImageLossStartHook` when ``MODEL.ONESHOT.IMAGE_HEAD.LOSS_START_ITER > 0``, and
+        :class:`TemperatureCalibrationHook` with ``TEST.CLASSIFICATION.CALIBRATION_DATASET``
+        (after precise BN, before the final checkpoint and evaluation). Checkpoints are saved by
+        an :class:`AtomicCheckpointer`."""
         self._use_atomic_checkpointer()
         ret = super().build_hooks()
         model = unwrap_model(self.model)
@@ -145,6 +170,12 @@ class OneShotTrainer(DefaultTrainer):
         start = self.cfg.MODEL.ONESHOT.IMAGE_HEAD.LOSS_START_ITER
         if start > 0 and hasattr(model, "image_loss_enabled"):
             ret.insert(0, ImageLossStartHook(start))
+        calibration_set = self.cfg.TEST.CLASSIFICATION.CALIBRATION_DATASET
+        if calibration_set:  # after precise BN; before the final checkpoint and evaluation
+            later = [i for i, h in enumerate(ret)
+                     if isinstance(h, (hooks.PeriodicCheckpointer, hooks.EvalHook))]
+            ret.insert(later[0] if later else len(ret), TemperatureCalibrationHook(
+                self.cfg, calibration_set, self.cfg.OUTPUT_DIR))
         return ret
 
     @classmethod

@@ -24,7 +24,7 @@ from tabulate import tabulate
 from ..data.errors import DatasetKeyError
 from ..data.io import atomic_write_bytes
 from ._gather import gather_on_main
-from .classification_metrics import classification_metrics
+from .classification_metrics import choose_threshold, classification_metrics, thresholded_metrics
 
 __all__ = ["ClassificationEvaluator"]
 
@@ -34,29 +34,46 @@ METRICS_FILE = "classification_metrics.json"
 PREDICTIONS_FILE = "classification_predictions.csv"
 CONFUSION_FILE = "confusion_matrix.png"
 _PER_CLASS = ("sensitivity", "precision", "specificity", "f1", "auc")
-_SUMMARY = ("accuracy", "macro_f1", "weighted_f1", "macro_auc")
+_SUMMARY = ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "macro_auc", "ece",
+            "brier")
+# Binary sets: the positive class is index 1 (every registered 2-class set: 0 Normal /
+# NonCOVID, 1 COVID).
+POSITIVE_CLASS = 1
+CHOSEN_THRESHOLD = "chosen_threshold"
 
 
 class ClassificationEvaluator(DatasetEvaluator):
     """Slice classification of the ``image_cls`` outputs against the dataset's ``image_label``.
 
     Results (``{"classification": {...}}``, percent) hold only scalar metrics, so that
-    Detectron2's printing and ``verify_results`` handle them: accuracy, macro F1, the papers'
-    weighted F1, macro one-vs-rest ROC-AUC and, per class, sensitivity, precision, specificity,
-    F1 and AUC (``nan`` for an undefined value, e.g. a class absent from the split). The full
+    Detectron2's printing and ``verify_results`` handle them: accuracy, balanced accuracy, macro
+    F1, the papers' weighted F1, macro one-vs-rest ROC-AUC, the calibration (expected
+    calibration error, Brier score, NLL) and, per class, sensitivity, precision, specificity, F1
+    and AUC (``nan`` for an undefined value, e.g. a class absent from the split). The full
     report (confusion matrix, supports, absent classes) is logged and written to JSON.
     Distributed-safe: predictions are gathered on rank 0.
+
+    Two-class sets also get an operating point on the positive class's probability (class 1):
+    with ``choose_threshold``, the threshold that maximises the balanced accuracy on this set
+    (``chosen_threshold``); with ``threshold`` (e.g. the one chosen on the training split), the
+    metrics at it: ``threshold``, ``thresholded/balanced_accuracy``, ``thresholded/accuracy``,
+    ``thresholded/sensitivity/<class>`` for both classes.
     """
 
     def __init__(self, dataset_name: str, distributed: bool = True,
                  output_dir: Optional[str] = None,
-                 f1_weights: Optional[Sequence[float]] = None):
+                 f1_weights: Optional[Sequence[float]] = None,
+                 threshold: Optional[float] = None, choose_threshold: bool = False):
         """
         Args:
             dataset_name: a registered classification dataset (metadata ``image_classes``).
             distributed: gather predictions from all processes.
             output_dir: where the JSON / CSV / PNG go (nothing written when ``None``).
             f1_weights: class weights of the weighted F1; ``None``: the split's class shares.
+            threshold: two classes only: report the metrics at this threshold on the positive
+                class's probability.
+            choose_threshold: two classes only: report the threshold that maximises the
+                balanced accuracy on this set (``chosen_threshold``).
         """
         meta = MetadataCatalog.get(dataset_name)
         if not meta.get("image_classes", None):
@@ -67,6 +84,11 @@ class ClassificationEvaluator(DatasetEvaluator):
         self.distributed = distributed
         self.output_dir = output_dir
         self.f1_weights = list(f1_weights) if f1_weights else None
+        if (threshold is not None or choose_threshold) and len(self.class_names) != 2:
+            raise ValueError(f"dataset {dataset_name!r}: an operating threshold needs 2 classes, "
+                             f"it has {len(self.class_names)}")
+        self.threshold = threshold
+        self.choose_threshold = choose_threshold
         self._records: List[Dict] = []
 
     def reset(self):
@@ -92,11 +114,30 @@ class ClassificationEvaluator(DatasetEvaluator):
         labels = np.array([r["label"] for r in records])
         probs = np.stack([r["probs"] for r in records])
         report = classification_metrics(labels, probs, self.class_names, self.f1_weights)
+        report.update(self._operating_point(labels, probs))
         self._log(report)
         if self.output_dir:
             self._write(report, records, probs)
         scalars = OrderedDict((k, v) for k, v in report.items() if isinstance(v, float))
         return {"classification": scalars}
+
+    def _operating_point(self, labels: np.ndarray, probs: np.ndarray) -> Dict[str, float]:
+        """``chosen_threshold`` and the ``thresholded/...`` metrics (class docstring)."""
+        out: Dict[str, float] = OrderedDict()
+        if len(self.class_names) != 2:
+            return out
+        positive, scores = labels == POSITIVE_CLASS, probs[:, POSITIVE_CLASS]
+        if self.choose_threshold:
+            out[CHOSEN_THRESHOLD] = choose_threshold(positive, scores)
+        if self.threshold is not None:
+            at = thresholded_metrics(positive, scores, self.threshold)
+            neg, pos = self.class_names[1 - POSITIVE_CLASS], self.class_names[POSITIVE_CLASS]
+            out["threshold"] = float(self.threshold)
+            out["thresholded/balanced_accuracy"] = at["balanced_accuracy"]
+            out["thresholded/accuracy"] = at["accuracy"]
+            out[f"thresholded/sensitivity/{pos}"] = at["sensitivity"]
+            out[f"thresholded/sensitivity/{neg}"] = at["specificity"]
+        return out
 
     # ----------------------------------------------------------------------------------------
     def _log(self, report: Dict) -> None:
@@ -110,8 +151,12 @@ class ClassificationEvaluator(DatasetEvaluator):
         summary = ", ".join(f"{k} {report[k]:.2f}" for k in _SUMMARY)
         absent = (f"\nclasses absent from {self.dataset_name} (their metrics are nan): "
                   f"{', '.join(report['absent_classes'])}" if report["absent_classes"] else "")
-        logger.info("Slice classification on %s (%d images): %s\n%s\n%s%s", self.dataset_name,
-                    report["num_images"], summary, per_class, cm, absent)
+        operating = ", ".join(f"{k} {v:.4g}" for k, v in report.items()
+                              if k == CHOSEN_THRESHOLD or k == "threshold"
+                              or k.startswith("thresholded/"))
+        logger.info("Slice classification on %s (%d images): %s\n%s\n%s%s%s", self.dataset_name,
+                    report["num_images"], summary, per_class, cm, absent,
+                    f"\noperating point: {operating}" if operating else "")
 
     def _write(self, report: Dict, records: List[Dict], probs: np.ndarray) -> None:
         os.makedirs(self.output_dir, exist_ok=True)

@@ -1,10 +1,11 @@
 """``OneShotPredictor``: a trained model run on slices held in memory, in batches.
 
-The preprocessing is the evaluation's: Detectron2's test-time augmentation of the config
-(``ResizeShortestEdge(INPUT.MIN_SIZE_TEST, INPUT.MAX_SIZE_TEST)``) applied as the dataset mapper
-applies it, the channel layout of ``INPUT.FORMAT``, and the model's own normalisation
-(``MODEL.PIXEL_NORM``). A slice therefore gets the same ``image_cls`` here as through
-``train_net.py --eval-only`` (tested), whatever the batch size (tested).
+The preprocessing is the evaluation's: the project's input transforms (``INPUT.CLAHE``) and
+Detectron2's test-time augmentation of the config (``ResizeShortestEdge(INPUT.MIN_SIZE_TEST,
+INPUT.MAX_SIZE_TEST)``) applied as the dataset mapper applies them, the channel layout of
+``INPUT.FORMAT``, and the model's own normalisation (``MODEL.PIXEL_NORM``). A slice therefore
+gets the same ``image_cls`` here as through ``train_net.py --eval-only`` (tested), whatever the
+batch size (tested).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from detectron2.modeling import build_model
 
 from ..config import load_config
 from ..data.errors import ConfigError
+from ..data.transforms import input_transforms
 from ..engine.checkpoint import AtomicCheckpointer
 from ..engine.checks import check_weights
 from ..engine.defaults import check_complete_model
@@ -130,7 +132,8 @@ class OneShotPredictor:
             box_predictor.test_score_thresh = max(box_predictor.test_score_thresh,
                                                   float(lesion_score_thresh))
         self.input_format = self.cfg.INPUT.FORMAT
-        self.augmentations = T.AugmentationList(utils.build_augmentation(self.cfg, False))
+        self.augmentations = T.AugmentationList(input_transforms(self.cfg)
+                                                + utils.build_augmentation(self.cfg, False))
         self.device = torch.device(self.cfg.MODEL.DEVICE)
         head_classes = (self.cfg.MODEL.ONESHOT.NUM_IMAGE_CLASSES
                         if hasattr(self.model, "image_head") or not hasattr(self.model,

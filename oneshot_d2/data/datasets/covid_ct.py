@@ -129,7 +129,8 @@ def manifest_classes(csv_file: str) -> List[str]:
 
 
 def load_csv_manifest(csv_file: str, class_names: Sequence[str], image_root: Optional[str] = None,
-                      split: Optional[str] = None, check_files: bool = True) -> List[Dict]:
+                      split: Optional[str] = None, check_files: bool = True,
+                      extra_columns: Sequence[str] = ()) -> List[Dict]:
     """Load a generic CSV manifest ``file_name,label[,patient_id][,split]``.
 
     Args:
@@ -138,11 +139,16 @@ def load_csv_manifest(csv_file: str, class_names: Sequence[str], image_root: Opt
         class_names: class names in index order; labels may be names or indices.
         split: keep only rows whose ``split`` column equals this (requires the column).
         check_files: raise if a listed image is missing.
+        extra_columns: further columns copied into every dict under their own name (e.g.
+            MosMed's ``severity``), as strings.
 
     Raises:
         DatasetError: missing file/columns, unknown label, missing image, no rows for the split.
     """
     rows = _read_manifest(csv_file)
+    absent = [c for c in extra_columns if rows and c not in rows[0]]
+    if absent:
+        raise DatasetError(f"{csv_file}: no column {absent[0]!r} (columns: {sorted(rows[0])})")
     root = image_root if image_root is not None else os.path.dirname(os.path.abspath(csv_file))
     dicts = []
     for lineno, row in enumerate(rows, start=2):
@@ -158,10 +164,12 @@ def load_csv_manifest(csv_file: str, class_names: Sequence[str], image_root: Opt
         path = os.path.join(root, row["file_name"].strip())
         if check_files:
             _check_image(path, where)
-        dicts.append({"file_name": path,
-                      "image_id": os.path.splitext(row["file_name"].strip())[0],
-                      "image_label": parse_label(row["label"], class_names, where),
-                      "patient_id": (row.get("patient_id") or "").strip() or None})
+        record = {"file_name": path,
+                  "image_id": os.path.splitext(row["file_name"].strip())[0],
+                  "image_label": parse_label(row["label"], class_names, where),
+                  "patient_id": (row.get("patient_id") or "").strip() or None}
+        record.update({c: (row.get(c) or "").strip() for c in extra_columns})
+        dicts.append(record)
     if not dicts:
         raise DatasetError(f"{csv_file}: empty split"
                            + (f" (no row with split == {split!r})" if split else ""))
@@ -191,13 +199,17 @@ def register_covidx_cls(name: str, split_file: str, image_root: str,
 
 
 def register_csv_cls(name: str, csv_file: str, class_names: Optional[Sequence[str]] = None,
-                     image_root: Optional[str] = None, split: Optional[str] = None) -> None:
+                     image_root: Optional[str] = None, split: Optional[str] = None,
+                     extra_columns: Sequence[str] = ()) -> None:
     """Register a CSV manifest (optionally one ``split`` of it) as a classification dataset.
 
-    ``class_names`` defaults to the manifest's sorted distinct labels (read now).
+    ``class_names`` defaults to the manifest's sorted distinct labels (read now);
+    ``extra_columns`` are kept in the dataset dicts (:func:`load_csv_manifest`).
     """
     names = list(class_names) if class_names is not None else manifest_classes(csv_file)
-    register_ct_cls(name, lambda: load_csv_manifest(csv_file, names, image_root, split), names,
+    extra = tuple(extra_columns)
+    register_ct_cls(name, lambda: load_csv_manifest(csv_file, names, image_root, split,
+                                                    extra_columns=extra), names,
                     manifest=csv_file)
 
 

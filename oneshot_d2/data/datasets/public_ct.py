@@ -1,6 +1,6 @@
 """Converters for public chest-CT datasets to the project's registered datasets.
 
-Three source layouts, each described by a ``manifest.csv`` (as in the team's shared copies; the
+Four source layouts, each described by a ``manifest.csv`` (as in the team's shared copies; the
 same functions serve users' own copies laid out the same way):
 
 * **MedSeg-style** multiclass slices (``split,image,mask,...``; mask pixel values 0 background,
@@ -11,6 +11,8 @@ same functions serve users' own copies laid out the same way):
   Every record keeps its volume as ``patient_id``.
 * **UCSD COVID-CT-style** classification manifest (``path|file_name,label,split,patient_id``;
   labels COVID / NonCOVID) -> registered directly from the manifest.
+* **MosMed-style** classification manifest (``image,label,severity,split``; labels Normal /
+  COVID, severity CT-0 .. CT-4) -> registered directly, ``severity`` kept in the dataset dicts.
 
 :func:`prepare_public_datasets` writes ``<out>/public/index.json`` that
 :func:`register_public_datasets` (called at import for ``$DETECTRON2_DATASETS``) reads. Writers
@@ -36,7 +38,7 @@ from ..safe_fs import clean_orphans, file_lock
 from .covid_ct import register_csv_cls, register_ct_seg
 from .label_masks import label_masks_to_coco
 
-__all__ = ["MEDSEG_CATEGORY_VALUES", "BINARY_LESION_VALUES", "UCSD_CLASSES",
+__all__ = ["MEDSEG_CATEGORY_VALUES", "BINARY_LESION_VALUES", "UCSD_CLASSES", "MOSMED_CLASSES",
            "read_manifest", "medseg_to_coco", "covid19_ct_seg_to_coco", "split_volumes",
            "prepare_public_datasets", "register_public_datasets", "public_index_path",
            "read_public_index"]
@@ -53,6 +55,9 @@ BINARY_LESION_VALUES = {"lesion": (1, 255)}
 BINARY_MASK_VALUES = (0, 1, 255)
 # Index order = class ids: 0 NonCOVID, 1 COVID.
 UCSD_CLASSES = ("NonCOVID", "COVID")
+# MosMed: 0 Normal (CT-0), 1 COVID (CT-1 .. CT-4); the severity grade stays in the dicts.
+MOSMED_CLASSES = ("Normal", "COVID")
+MOSMED_EXTRA_COLUMNS = ("severity",)
 
 
 def medseg_to_coco(root: str, out_dir: str, modes: Sequence[str] = ("merge", "separate"),
@@ -153,12 +158,13 @@ def public_index_path(out_root: str) -> str:
 def prepare_public_datasets(out_root: str, medseg: Optional[str] = None,
                             covid19_ct_seg: Optional[str] = None, ucsd: Optional[str] = None,
                             test_volumes: Optional[Sequence[str]] = None,
-                            min_area: int = 100) -> Dict[str, Dict]:
+                            min_area: int = 100, mosmed: Optional[str] = None) -> Dict[str, Dict]:
     """Convert the given sources and write the registration index.
 
     Args:
         out_root: ``$DETECTRON2_DATASETS`` (converted files go to ``out_root/public``).
-        medseg, covid19_ct_seg, ucsd: source folders (with ``manifest.csv``); ``None`` skips.
+        medseg, covid19_ct_seg, ucsd, mosmed: source folders (with ``manifest.csv``); ``None``
+            skips.
         test_volumes: COVID-19-CT-Seg test volumes (default: the last quarter, sorted).
     Returns:
         The index: dataset name -> registration entry. Entries of an earlier run for sources
@@ -172,7 +178,7 @@ def prepare_public_datasets(out_root: str, medseg: Optional[str] = None,
         with file_lock(index_file):  # a second writer waits: no mix of two runs' files
             clean_orphans(out_dir, kinds=("tmp",))
             entries = _convert_public(out_dir, medseg, covid19_ct_seg, ucsd, test_volumes,
-                                      min_area)
+                                      min_area, mosmed)
             index = _index_for_update(index_file)  # read-merge-write under the lock
             index.update(entries)
             atomic_write_json(index_file, index)
@@ -185,9 +191,24 @@ def prepare_public_datasets(out_root: str, medseg: Optional[str] = None,
     return index
 
 
+def _cls_entries(prefix: str, folder: str, classes: Sequence[str],
+                 extra_columns: Sequence[str] = ()) -> Dict[str, Dict]:
+    """Index entries ``<prefix>_<split>`` of a classification manifest, one per split."""
+    csv_file = os.path.abspath(os.path.join(folder, "manifest.csv"))
+    rows = read_manifest(csv_file, ("label", "split") + tuple(extra_columns),
+                         nonempty=("label", "split"))
+    entries = {}
+    for split in sorted({r["split"] for r in rows}):
+        entries[f"{prefix}_{split}"] = {"type": "cls", "manifest": csv_file, "split": split,
+                                        "classes": list(classes)}
+        if extra_columns:
+            entries[f"{prefix}_{split}"]["extra_columns"] = list(extra_columns)
+    return entries
+
+
 def _convert_public(out_dir: str, medseg: Optional[str], covid19_ct_seg: Optional[str],
                     ucsd: Optional[str], test_volumes: Optional[Sequence[str]],
-                    min_area: int) -> Dict[str, Dict]:
+                    min_area: int, mosmed: Optional[str] = None) -> Dict[str, Dict]:
     """Convert the given sources into ``out_dir``; returns their new index entries."""
     index: Dict[str, Dict] = {}
     if medseg:
@@ -205,11 +226,9 @@ def _convert_public(out_dir: str, medseg: Optional[str], covid19_ct_seg: Optiona
                 "type": "seg", "json": os.path.abspath(path), "image_root": root,
                 "classes": list(BINARY_LESION_VALUES)}
     if ucsd:
-        csv_file = os.path.abspath(os.path.join(ucsd, "manifest.csv"))
-        rows = read_manifest(csv_file, ("label", "split"), nonempty=("label", "split"))
-        for split in sorted({r["split"] for r in rows}):
-            index[f"ucsd_cls_{split}"] = {"type": "cls", "manifest": csv_file, "split": split,
-                                          "classes": list(UCSD_CLASSES)}
+        index.update(_cls_entries("ucsd_cls", ucsd, UCSD_CLASSES))
+    if mosmed:
+        index.update(_cls_entries("mosmed_cls", mosmed, MOSMED_CLASSES, MOSMED_EXTRA_COLUMNS))
     return index
 
 
@@ -257,7 +276,8 @@ def _register_entry(index_file: str, name: str, entry: Mapping) -> None:
         if entry.get("type") == "seg":
             register_ct_seg(name, entry["json"], entry["image_root"], entry["classes"])
         elif entry.get("type") == "cls":
-            register_csv_cls(name, entry["manifest"], entry["classes"], split=entry["split"])
+            register_csv_cls(name, entry["manifest"], entry["classes"], split=entry["split"],
+                             extra_columns=tuple(entry.get("extra_columns", ())))
         else:
             raise DatasetError(f"{index_file}: entry {name!r} has unknown type "
                                f"{entry.get('type')!r}")

@@ -19,7 +19,7 @@ from detectron2.structures import ImageList, Instances
 from ...data.errors import ConfigError
 
 __all__ = ["CTRCNN", "PIXEL_NORMS", "standardize_per_image", "normalize_images",
-           "run_grouped_by_size"]
+           "run_grouped_by_size", "TEMPERATURE_BUFFER", "add_temperature", "calibrated_softmax"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +63,33 @@ def normalize_images(batched_inputs: List[Dict], pixel_norm: str, pixel_mean: to
     else:
         images = [(x - pixel_mean) / pixel_std for x in images]
     return ImageList.from_tensors(images, size_divisibility)
+
+
+# Name of the slice classifiers' temperature (a persistent buffer: saved in the checkpoint).
+TEMPERATURE_BUFFER = "image_cls_temperature"
+
+
+def add_temperature(module: torch.nn.Module) -> None:
+    """Register the scalar temperature buffer (1 = the uncalibrated softmax) on ``module``.
+
+    Temperature scaling (Guo et al. 2017) divides the logits by T > 0 before the softmax: the
+    predicted class and the ranking (ROC-AUC) are unchanged, the probabilities calibrated. T is
+    fitted on a validation split (``tools/calibrate.py``) and saved with the weights, so every
+    user of the checkpoint (evaluation, ``tools/predict.py``) gets the calibrated probabilities.
+    """
+    module.register_buffer(TEMPERATURE_BUFFER, torch.ones(()))
+
+
+def calibrated_softmax(logits: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
+    """Class probabilities ``softmax(logits / T)``.
+
+    Args:
+        logits: (N, C) logits.
+        temperature: scalar T > 0.
+    Returns:
+        (N, C) probabilities, each row summing to 1.
+    """
+    return torch.softmax(logits / temperature, dim=1)
 
 
 def run_grouped_by_size(batched_inputs: List[Dict], run: Callable[[List[int]], List]) -> List:

@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import Dict, List, Sequence
 
 import torch
-import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
 from detectron2.utils.events import get_event_storage
@@ -21,7 +20,13 @@ from torch import nn
 
 from ...data.errors import ConfigError
 from ..image_heads import image_cls_loss
-from .ct_rcnn import PIXEL_NORMS, normalize_images, run_grouped_by_size
+from .ct_rcnn import (
+    PIXEL_NORMS,
+    add_temperature,
+    calibrated_softmax,
+    normalize_images,
+    run_grouped_by_size,
+)
 
 __all__ = ["CTImageClassifier", "log_train_accuracy"]
 
@@ -50,7 +55,8 @@ class CTImageClassifier(nn.Module):
 
     Training input: dataset-mapper dicts with ``image`` and ``image_label``; returns
     ``{"loss_image_cls": ...}`` (the one-shot model's per-class BCE, same reduction option).
-    Inference: ``[{"image_cls": (C,) softmax probabilities}, ...]``, images of different sizes run
+    Inference: ``[{"image_cls": (C,) softmax probabilities}, ...]`` (logits divided by the
+    temperature ``image_cls_temperature``, 1 until calibrated), images of different sizes run
     separately (zero padding would change GroupNorm statistics and the pooled means).
     """
 
@@ -88,6 +94,7 @@ class CTImageClassifier(nn.Module):
                                     num_classes)
         nn.init.normal_(self.classifier.weight, std=0.01)
         nn.init.zeros_(self.classifier.bias)
+        add_temperature(self)
 
     @classmethod
     def from_config(cls, cfg):
@@ -106,8 +113,18 @@ class CTImageClassifier(nn.Module):
     def device(self) -> torch.device:
         return self.pixel_mean.device
 
+    @property
+    def image_head(self) -> nn.Module:
+        """The trained classification layer (``SOLVER.IMAGE_HEAD_LR_FACTOR`` applies to it)."""
+        return self.classifier
+
     def logits(self, batched_inputs: List[Dict]) -> torch.Tensor:
-        """(N, C) logits. Each image's features are averaged over its own (unpadded) extent."""
+        """(N, C) logits of :meth:`pooled_features`."""
+        return self.classifier(self.dropout(self.pooled_features(batched_inputs)))
+
+    def pooled_features(self, batched_inputs: List[Dict]) -> torch.Tensor:
+        """(N, D) backbone features of ``IN_FEATURES``, each averaged over the image's own
+        (unpadded) extent and concatenated (D = the features' summed channels)."""
         images = normalize_images(batched_inputs, self.pixel_norm, self.pixel_mean,
                                   self.pixel_std, self.backbone.size_divisibility)
         features = self.backbone(images.tensor)
@@ -121,7 +138,7 @@ class CTImageClassifier(nn.Module):
                 vh, vw = max(1, -(-img_h // stride)), max(1, -(-img_w // stride))
                 rows.append(fmap[i, :, :vh, :vw].mean(dim=(1, 2)))
             pooled.append(torch.stack(rows))
-        return self.classifier(self.dropout(torch.cat(pooled, dim=1)))
+        return torch.cat(pooled, dim=1)
 
     def forward(self, batched_inputs: List[Dict]):
         if not self.training:
@@ -138,7 +155,8 @@ class CTImageClassifier(nn.Module):
     def inference(self, batched_inputs: List[Dict]) -> List[Dict[str, torch.Tensor]]:
         """``[{"image_cls": (C,) probabilities}]`` in input order."""
         def run(idx: List[int]) -> List[Dict[str, torch.Tensor]]:
-            probs = F.softmax(self.logits([batched_inputs[i] for i in idx]), dim=1)
+            probs = calibrated_softmax(self.logits([batched_inputs[i] for i in idx]),
+                                       self.image_cls_temperature)
             return [{"image_cls": p} for p in probs]
 
         return run_grouped_by_size(batched_inputs, run)

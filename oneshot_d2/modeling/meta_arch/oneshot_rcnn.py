@@ -13,7 +13,7 @@ from detectron2.structures import ImageList, Instances
 from ...data.errors import ConfigError
 from ..image_heads import build_image_head, image_cls_loss
 from ..roi_heads import OneShotROIHeads
-from .ct_rcnn import CTRCNN
+from .ct_rcnn import CTRCNN, add_temperature, calibrated_softmax
 from .image_classifier import log_train_accuracy
 
 __all__ = ["OneShotRCNN", "scale_grad", "image_cls_only", "INFERENCE_OUTPUTS"]
@@ -75,7 +75,8 @@ class OneShotRCNN(CTRCNN):
     inference.
 
     Inference: every output has ``instances`` (lesions; absent inside :func:`image_cls_only`)
-    and ``image_cls`` (C class probabilities, softmax of the logits, summing to 1), plus
+    and ``image_cls`` (C class probabilities, softmax of the logits divided by the temperature
+    ``image_cls_temperature``, 1 until calibrated; summing to 1), plus
     ``image_cls_boxes`` (beta, 4) and ``image_cls_box_scores`` (beta,) -- the RoI batch, in
     output-image coordinates -- and ``image_cls_explanation``: the head's explanation tensors
     (affinity X2 and RoI weights, or the attention weights). Both branches share the proposals'
@@ -103,6 +104,7 @@ class OneShotRCNN(CTRCNN):
         if not isinstance(self.proposal_generator, RPN):
             raise ConfigError("OneShotRCNN needs Detectron2's RPN as proposal generator")
         self.image_head = image_head
+        add_temperature(self)
         self.image_loss_weight = image_loss_weight
         self.image_loss_reduction = image_loss_reduction
         if backbone_grad_scale < 0:
@@ -210,7 +212,7 @@ class OneShotRCNN(CTRCNN):
         with_instances = "instances" in self.inference_outputs
         results, rois = self.roi_heads.inference_both(features, proposals, with_instances)
         cls_out = self._classify_rois(rois)
-        probs = torch.softmax(cls_out.pop("logits"), dim=1)
+        probs = calibrated_softmax(cls_out.pop("logits"), self.image_cls_temperature)
         boxes, box_scores = cls_out.pop("boxes"), cls_out.pop("box_scores")
         if not with_instances:
             outputs = [{} for _ in batched_inputs]

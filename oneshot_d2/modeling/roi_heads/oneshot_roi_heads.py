@@ -47,7 +47,8 @@ class OneShotROIHeads(StandardROIHeads):
     @configurable
     def __init__(self, *, cls_box_head: nn.Module, cls_box_predictor: nn.Module,
                  cls_mask_head: nn.Module, roi_batch_size: int = 8, cls_nms_thresh: float = 0.25,
-                 order_by_distance: bool = False, roi_padding: str = "cyclic", **kwargs):
+                 order_by_distance: bool = False, roi_padding: str = "cyclic",
+                 whole_image_roi: bool = False, **kwargs):
         """
         Args:
             cls_box_head, cls_box_predictor, cls_mask_head: classification-branch modules with
@@ -56,6 +57,8 @@ class OneShotROIHeads(StandardROIHeads):
             cls_nms_thresh: class-wise NMS IoU of the RoI batch selection.
             order_by_distance: order the RoI batch by distance from the image origin.
             roi_padding: ``cyclic`` or ``original``, see :mod:`.roi_batch`.
+            whole_image_roi: the first RoI of every batch is the whole image
+                (``MODEL.ONESHOT.WHOLE_IMAGE_ROI``, not in the papers).
             kwargs: ``StandardROIHeads`` arguments (``mask_on`` must be True).
         """
         super().__init__(**kwargs)
@@ -70,6 +73,7 @@ class OneShotROIHeads(StandardROIHeads):
         self.cls_nms_thresh = cls_nms_thresh
         self.order_by_distance = order_by_distance
         self.roi_padding = roi_padding
+        self.whole_image_roi = whole_image_roi
         for module in self.cls_branch_modules():
             module.requires_grad_(False)
             module.eval()
@@ -80,7 +84,8 @@ class OneShotROIHeads(StandardROIHeads):
         ret.update(cls._init_cls_branches(cfg, input_shape))
         one = cfg.MODEL.ONESHOT
         ret.update(roi_batch_size=one.ROI_BATCH_SIZE, cls_nms_thresh=one.CLS_NMS_THRESH,
-                   order_by_distance=one.ORDER_BY_DISTANCE, roi_padding=one.ROI_PADDING)
+                   order_by_distance=one.ORDER_BY_DISTANCE, roi_padding=one.ROI_PADDING,
+                   whole_image_roi=one.WHOLE_IMAGE_ROI)
         return ret
 
     @classmethod
@@ -225,5 +230,5 @@ class OneShotROIHeads(StandardROIHeads):
             batches.append(select_roi_batch(
                 per_class.tensor.view(-1, fg.shape[1], 4), fg, p.image_size,
                 self.roi_batch_size, self.cls_nms_thresh, self.order_by_distance,
-                self.roi_padding))
+                self.roi_padding, whole_image=self.whole_image_roi))
         return batches

@@ -52,7 +52,8 @@ def _pad_index(n: int, beta: int, mode: str, device: torch.device) -> torch.Tens
 
 def select_roi_batch(boxes: torch.Tensor, scores: torch.Tensor, image_size: Tuple[int, int],
                      beta: int, nms_thresh: float = 0.25, order_by_distance: bool = False,
-                     padding: str = "cyclic", min_area: float = 1e-5) -> RoIBatch:
+                     padding: str = "cyclic", min_area: float = 1e-5,
+                     whole_image: bool = False) -> RoIBatch:
     """Select the RoI batch of one image.
 
     Args:
@@ -66,12 +67,22 @@ def select_roi_batch(boxes: torch.Tensor, scores: torch.Tensor, image_size: Tupl
             top-left corner from the image origin (LSTM paper, 4.1); else score order.
         padding: ``cyclic`` (deterministic) or ``original`` (random runs); see :func:`_pad_index`.
         min_area: boxes with area <= this are dropped (the original's only size filter).
+        whole_image: the first RoI is the whole image (score 0), the other ``beta - 1`` are
+            selected as above (not in the papers: the slice's context beside its lesions).
 
     Returns:
         :class:`RoIBatch` with exactly ``beta`` rows.
     """
-    if beta < 1:
-        raise ValueError(f"beta must be >= 1, got {beta}")
+    if beta < 1 or (whole_image and beta < 2):
+        raise ValueError(f"beta must be >= {2 if whole_image else 1}, got {beta}")
+    if whole_image:
+        rest = select_roi_batch(boxes, scores, image_size, beta - 1, nms_thresh,
+                                order_by_distance, padding, min_area)
+        h, w = image_size
+        return RoIBatch(torch.cat([rest.boxes.new_tensor([[0.0, 0.0, float(w), float(h)]]),
+                                   rest.boxes]),
+                        torch.cat([rest.scores.new_zeros(1), rest.scores]),
+                        torch.cat([rest.classes.new_zeros(1), rest.classes]), rest.num_kept)
     num_classes = scores.shape[1] if scores.dim() == 2 else 1
     flat_boxes = boxes.reshape(-1, 4)
     flat_scores = scores.reshape(-1)
