@@ -1,4 +1,4 @@
-"""Bad input (issue 11): every mistake is one clear line and exit status 2, never a traceback nor
+"""Bad input: every mistake is one clear line and exit status 2, never a traceback nor
 a silent wrong result; known-good inputs stay accepted.
 
 Each case is built in a temporary folder. Checked: the exit status, exactly one stderr line

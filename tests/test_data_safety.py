@@ -1,4 +1,4 @@
-"""Data must never be lost (issue 11): ``prepare_phantom --overwrite`` (marker, atomic swap),
+"""Data must never be lost: ``prepare_phantom --overwrite`` (marker, atomic swap),
 checkpoints (atomic save, resume past corrupt files), locks on shared datasets / index, clean-up
 of what a killed run left, and a corrupt public index.
 

@@ -1,4 +1,4 @@
-"""Issue 13: the paper configs build the original code's network, and the optimised inference
+"""The paper configs build the original code's network, and the optimised inference
 paths (shared RoI pooling, reused scores, slice class only) give exactly the outputs of running
 the two branches separately."""
 import contextlib
@@ -25,7 +25,7 @@ PAPER = {
 
 @pytest.mark.parametrize("name", list(PAPER))
 def test_paper_configs_run_the_original_network(name):
-    """model_spec 1.2 / 1.3: one map, 30 anchors per location, 400 -> 200 proposals in
+    """The released code: one map, 30 anchors per location, 400 -> 200 proposals in
     training and inference, NMS 0.75, 128-wide box head, one-conv mask head, legacy RoIAlign."""
     cfg = make_cfg(config_path(PAPER[name]), "MODEL.WEIGHTS", "")
     assert cfg.MODEL.BACKBONE.NAME == "build_resnet_single_fpn_backbone"
@@ -60,7 +60,7 @@ def _flat(cfg, prefix=""):
 
 
 def test_onelevel_accuracy_option_changes_only_the_map_and_the_foreground_iou():
-    """The phantom accuracy option of issue 13 is the papers' one-level network with exactly two
+    """The phantom accuracy option is the papers' one-level network with exactly two
     settings changed (map stride 8 at 256 px, RoI foreground IoU 0.5), so its README row
     measures those two and nothing else; the built model has one stride-8 map."""
     paper, fine = (_flat(make_cfg(config_path(c))) for c in (ONELEVEL_QUICK, ONELEVEL_FINE))
@@ -248,7 +248,7 @@ def test_stage_times_and_flops_add_up(model):
     assert sum(stages) == pytest.approx(flops["total"], rel=1e-6)
 
 
-# ---- the CUDA path (issue 13 point 4; skipped on machines without a GPU) ---------------------
+# ---- the CUDA path (skipped on machines without a GPU) ---------------------
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
 
 

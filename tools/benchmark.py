@@ -195,9 +195,9 @@ def bench_backbone(backbone: str, size: int, iters: int, warmup: int, device: st
 # ---- the issue-13 table: paper configs at 512 px, batch 1, random weights ---------------------
 FAITHFUL = "configs/covid/oneshot_affinity_R_18_faithful_100ep_cncb.yaml"
 LSTM_PAPER = "configs/covid/oneshot_lstm_attn_R_50_FPN_50ep_cncb.yaml"
-# The released LSTM code's trunk (model_spec 1.1); the issue measured the R-50 config as this.
+# The released LSTM code's trunk; we measured the R-50 config as this.
 X50_32X4D = ["MODEL.RESNETS.NUM_GROUPS", "32", "MODEL.RESNETS.WIDTH_PER_GROUP", "4"]
-# The network the LSTM paper configs ran before issue 13: Base-OneShot-RCNN-FPN.yaml's values
+# The network the LSTM paper configs ran before: Base-OneShot-RCNN-FPN.yaml's values
 # (Detectron2's defaults with lesion-sized anchors), for the "former" row.
 FORMER_D2_NETWORK = [
     "MODEL.BACKBONE.NAME", "build_resnet_fpn_backbone",
@@ -216,7 +216,7 @@ FORMER_D2_NETWORK = [
     "MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO", "0", "MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA", "0.0",
     "MODEL.ROI_MASK_HEAD.NUM_CONV", "4", "MODEL.ROI_MASK_HEAD.POOLER_TYPE", "ROIAlignV2",
     "MODEL.ROI_MASK_HEAD.POOLER_SAMPLING_RATIO", "0"]
-# The accuracy option of issue 13 (README, Results): the one-level network one stage earlier
+# The accuracy option (README, Results): the one-level network one stage earlier
 # (the X-50 trunk cut after res4: a stride-16 map at 512 px) with Detectron2's RoI foreground
 # IoU 0.5 instead of the original's 0.75.
 FINE_MAP_FG05 = [

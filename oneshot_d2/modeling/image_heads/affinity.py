@@ -17,7 +17,7 @@ class AffinityHead(ImageHead):
     """Mask sieve -> vectorisation X1 (beta x C) -> affinity matrix W1 (beta x A):
     X2 = W1^T X1 (A x C) -> affinity vector w2 (A): x3 = X2^T w2 (C) -> FC-FC-logits.
 
-    Note (model_spec 3): x3 = X1^T (W1 w2), i.e. the layer learns one weight per RoI;
+    Note (the released code): x3 = X1^T (W1 w2), i.e. the layer learns one weight per RoI;
     ``roi_weights`` = W1 w2 (beta,) is exposed for explanation beside X2.
     """
 

@@ -24,7 +24,7 @@ __all__ = ["CTRCNN", "PIXEL_NORMS", "standardize_per_image", "normalize_images",
 logger = logging.getLogger(__name__)
 
 # "per_image": every image z-scored per channel with its own mean / std (the papers' "global
-# mean / std" is per image; model_spec 1.1); "mean_std": Detectron2's PIXEL_MEAN / PIXEL_STD.
+# mean / std" is per image; the released code); "mean_std": Detectron2's PIXEL_MEAN / PIXEL_STD.
 PIXEL_NORMS = ("per_image", "mean_std")
 
 
