@@ -49,8 +49,12 @@ def test_brier_and_nll_by_hand():
     assert r["brier"] == pytest.approx(expected)
     assert r["nll"] == pytest.approx(-(np.log(0.8) + np.log(0.3) + np.log(0.5)) / 3)
     assert r["ece"] == pytest.approx(100 * expected_calibration_error(labels, probs))
-    # balanced accuracy = mean sensitivity: Normal 1 of 2, COVID 1 of 1 (argmax of a tie: 0)
+    # balanced accuracy = mean sensitivity: Normal 1 of 2, COVID 0 of 1 (argmax of a tie: 0)
     assert r["balanced_accuracy"] == pytest.approx(100 * (0.5 + 0.0) / 2)
+    # sensitivities 2/3 and 1 (mean 83.3); mean precision would be (1 + 1/2) / 2 = 75
+    probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.4, 0.6], [0.3, 0.7]])
+    r = classification_metrics(np.array([0, 0, 0, 1]), probs, ["Normal", "COVID"])
+    assert r["balanced_accuracy"] == pytest.approx(100 * (2 / 3 + 1) / 2)
 
 
 def test_choose_threshold_maximises_balanced_accuracy_at_the_midpoint():
