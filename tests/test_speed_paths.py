@@ -102,7 +102,7 @@ def test_lstm_paper_model_has_the_original_shapes():
 
 # ---- optimised inference == the two branches run separately ---------------------------------
 def _reference(model, x):
-    """The pre-issue-13 inference path: Detectron2's RoI heads for the lesions, then the
+    """The earlier inference path: Detectron2's RoI heads for the lesions, then the
     classification branch with its own RoI pooling and box head."""
     with torch.no_grad():
         images = model.preprocess_image([x])

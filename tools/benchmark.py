@@ -192,7 +192,7 @@ def bench_backbone(backbone: str, size: int, iters: int, warmup: int, device: st
     return rows
 
 
-# ---- the issue-13 table: paper configs at 512 px, batch 1, random weights ---------------------
+# ---- the paper configs' table: 512 px, batch 1, random weights ---------------------------------
 FAITHFUL = "configs/covid/oneshot_affinity_R_18_faithful_100ep_cncb.yaml"
 LSTM_PAPER = "configs/covid/oneshot_lstm_attn_R_50_FPN_50ep_cncb.yaml"
 # The released LSTM code's trunk; we measured the R-50 config as this.
@@ -237,7 +237,7 @@ PAPER_ROWS = {
 }
 # The original code's seconds per slice on this machine kind (2-core AMD EPYC, 2 threads), for
 # the "vs original" columns. The original code is not in this repository: these are the
-# pre-issue-13 project (commit c47b691) measured here with this benchmark (2026-11-23: 1.032 /
+# earlier project (commit c47b691) measured here with this benchmark (2026-11-23: 1.032 /
 # 0.314 / 1.653 s affinity, 1.997 / 1.515 / 9.02 s former LSTM network) divided by the issue's
 # measured project / original ratios (0.82 / 0.73 / 0.62 and 2.31 / 1.71 / 1.57). The "former"
 # row re-measures the second: its ratios should come out near 2.31 / 1.71 / 1.57; where they do
@@ -291,7 +291,7 @@ def autocast(device: str, enabled: bool):
 
 
 def bench_paper(size: int, iters: int, warmup: int, device: str, amp: bool = False):
-    """Rows of the issue-13 table and the inference stage breakdown of each row."""
+    """Rows of the paper configs' table and the inference stage breakdown of each row."""
     inputs = make_inputs(size, 2)
     rows, stage_rows = [], []
     for label, (config, opts) in PAPER_ROWS.items():
@@ -457,7 +457,7 @@ def _settings(args, device: str, peak: float) -> str:
 
 
 def print_paper_table(args, device: str) -> None:
-    """The issue-13 table: the paper configs against the original code (see ORIGINAL)."""
+    """The paper configs' table: the paper configs against the original code (see ORIGINAL)."""
     peak = matmul_peak_gflops(args.device)
     rows, stage_rows = bench_paper(args.size, args.iters, args.warmup, args.device, args.amp)
     table = []
