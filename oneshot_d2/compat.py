@@ -13,7 +13,8 @@ is patched) and one WARNING line says so. Use it on a stack that needs none of t
 supply your own fixes; on Pillow >= 10 or numpy >= 1.24 Detectron2 v0.6 then fails as it
 does unpatched.
 
-Remedies (the numbers are those of the README table "Detectron2 v0.6 on a modern stack"):
+Remedies (the numbers are those of the table "Detectron2 v0.6 on a modern stack" of
+docs/install.md):
 
 1. ``PIL.Image.LINEAR`` removed in Pillow 10 -> alias to ``BILINEAR``.
 2. ``detectron2._C`` not built (registry route) -> a placeholder module, found only when no real
@@ -96,7 +97,7 @@ def _make_placeholder_c() -> types.ModuleType:
             raise AttributeError(name)
         raise CompiledOpUnavailable(
             f"detectron2._C.{name} is a compiled Detectron2 operator, and this Detectron2 was "
-            "installed without its C++ extension (registry route, see README 'Install'). "
+            "installed without its C++ extension (registry route, see docs/install.md). "
             "Install Detectron2 from its repository to use rotated boxes, deformable convolution "
             "or the fast COCO evaluator; oneshot_d2 itself does not need them."
         )

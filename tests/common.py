@@ -1,6 +1,10 @@
 """Shared test helpers: paths, configs of the shipped files with offline / tiny overrides, seeded
 models and batches (DensePose-style ``tests/common.py``). Fixtures live in ``conftest.py``."""
+import contextlib
+import logging
 import os
+import subprocess
+import sys
 from typing import Dict, List, Sequence, Tuple
 
 import torch
@@ -10,6 +14,8 @@ from detectron2.engine import default_argument_parser
 import oneshot_d2  # noqa: F401  isort: skip  (compatibility remedies before Detectron2)
 from oneshot_d2 import add_oneshot_config
 from oneshot_d2.engine import OneShotTrainer
+from oneshot_d2.utils.temp_names import host_tag
+from oneshot_d2.utils.testing import KILL_ENV
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.path.join(REPO, "..", "shared", "data")
@@ -73,3 +79,50 @@ def split_batch(batch: Sequence[Dict]) -> Tuple[List[Dict], List[Dict]]:
 def state_digest(module: torch.nn.Module) -> Dict[str, torch.Tensor]:
     """A copy of ``module.state_dict()`` (to compare before / after)."""
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def dead_pid() -> int:
+    """The id of a process that has exited."""
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    return int(done.stdout)
+
+
+def other_host_tag() -> str:
+    """A host tag (:func:`oneshot_d2.utils.temp_names.host_tag`) that is not this host's."""
+    return "0" * 8 if host_tag() != "0" * 8 else "1" * 8
+
+
+PREPARE_PHANTOM = os.path.join(REPO, "datasets", "prepare_phantom.py")
+# a phantom of 64 px slices and a few images per split (PhantomSpec keywords / the tool's options)
+TINY_PHANTOM = dict(size=64, seg_train=4, seg_test=2, cls_train=3, cls_val=3, cls_test=3,
+                    slices_per_patient=2)
+TINY_PHANTOM_ARGS = ["--size", "64", "--seg-train", "4", "--seg-test", "2", "--cls-train", "3",
+                     "--cls-val", "3", "--cls-test", "3", "--slices-per-patient", "2"]
+
+
+def run_script(args, tmp_path, kill_at=None, timeout=120) -> subprocess.CompletedProcess:
+    """Run ``python <args>`` offline on one thread in ``tmp_path``, with an empty dataset root;
+    with ``kill_at``, the process SIGKILLs itself at that stage
+    (:mod:`oneshot_d2.utils.testing`)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", DETECTRON2_DATASETS=str(tmp_path / "d2_empty"))
+    env.pop(KILL_ENV, None)
+    if kill_at:
+        env[KILL_ENV] = kill_at
+    return subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True,
+                          timeout=timeout, cwd=str(tmp_path))
+
+
+@contextlib.contextmanager
+def captured_warnings(name: str = "oneshot_d2"):
+    """WARNING+ messages of logger ``name`` (works although Detectron2's ``setup_logger``
+    stops the project's logger from propagating to pytest's ``caplog``)."""
+    records: List[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: records.append(record.getMessage())
+    logger = logging.getLogger(name)
+    logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)

@@ -1,7 +1,9 @@
-"""Seeded synthetic inputs and the tiny model of the golden tests (tests/test_golden.py)."""
+"""Seeded synthetic inputs and the tiny model of the golden tests
+(tests/modeling/test_golden.py)."""
 import torch
-from common import AFFINITY_QUICK, make_cfg, seeded_model
 from detectron2.structures import BitMasks, Boxes, Instances
+
+from tests.common import AFFINITY_QUICK, make_cfg, seeded_model
 
 SIZE = 96
 

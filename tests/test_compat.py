@@ -1,5 +1,5 @@
-"""Each remedy of oneshot_d2.compat (numbers as in the README table "Detectron2 v0.6 on a modern
-stack"), the opt-out ``ONESHOT_D2_NO_COMPAT`` and the INFO line at import."""
+"""Each remedy of oneshot_d2.compat (numbers as in the docs/install.md table "Detectron2 v0.6 on
+a modern stack"), the opt-out ``ONESHOT_D2_NO_COMPAT`` and the INFO line at import."""
 import ast
 import importlib.machinery
 import os
@@ -153,6 +153,7 @@ def test_opt_out_applies_nothing():
     assert "ONESHOT_D2_NO_COMPAT=1" in out.stderr and "no remedy" in out.stderr
 
 
+@pytest.mark.slow
 def test_opt_out_zero_means_applied():
     out = _run_python("import oneshot_d2.compat as c; print(c.APPLIED == c.apply_all() != [])",
                       ONESHOT_D2_NO_COMPAT="0")
@@ -160,6 +161,7 @@ def test_opt_out_zero_means_applied():
     assert out.stdout.strip().splitlines()[-1] == str(bool(compat.APPLIED))
 
 
+@pytest.mark.slow
 def test_import_logs_applied_remedies_once_at_info():
     code = """
         import logging

@@ -3,10 +3,11 @@ import glob
 import os
 
 import pytest
-from common import REPO
 from detectron2.config import get_cfg
 
 from oneshot_d2 import add_oneshot_config
+from oneshot_d2.config import CHOICES, ConfigError, check_choices, load_config
+from tests.common import REPO
 
 CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "**", "*.yaml"), recursive=True))
 
@@ -68,6 +69,7 @@ def test_verify_results_reads_dataset_paths():
 def test_config_loads(path):
     cfg = _cfg()
     cfg.merge_from_file(path)
+    check_choices(cfg, path)
     if cfg.MODEL.META_ARCHITECTURE == "CTImageClassifier":  # the plain classifier: no masks
         assert not cfg.MODEL.MASK_ON and not cfg.DATASETS.TRAIN_CLS
         return
@@ -90,3 +92,58 @@ def test_typo_in_yaml_fails(tmp_path):
     bad.write_text("MODEL:\n  ONESHOT:\n    ROI_BATCH_SIZ: 8\n")
     with pytest.raises(KeyError):
         _cfg().merge_from_file(str(bad))
+
+
+def test_enumerated_keys_declare_their_values_beside_the_default():
+    cfg = _cfg()
+    assert len(CHOICES) >= 10
+    for key, allowed in CHOICES.items():
+        value = cfg
+        for part in key.split("."):
+            value = value[part]
+        assert value in allowed, key
+
+
+@pytest.mark.parametrize("key,value,hint", [
+    ("MODEL.ONESHOT.IMAGE_HEAD.LOSS_REDUCTION", "summ", "did you mean 'sum'"),
+    ("MODEL.PIXEL_NORM", "per-image", "did you mean 'per_image'"),
+    ("SOLVER.IMAGE_HEAD_OPTIMIZER", "adam", "('', 'SGD', 'Adam', 'AdamW')"),
+    ("PREDICT.PATIENT_RULE", "max", "('top_k_mean', 'fraction')"),
+])
+def test_bad_enumerated_value_is_refused_when_the_config_loads(tmp_path, key, value, hint):
+    """A typo in an enumerated key is one ConfigError at load time (naming the file, the key and
+    the allowed values), not a traceback at the iteration that first uses it."""
+    *path, last = key.split(".")
+    yaml_text = "".join(f"{'  ' * i}{p}:\n" for i, p in enumerate(path))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml_text + f"{'  ' * len(path)}{last}: {value!r}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(str(bad))
+    message = str(e.value)
+    assert message.startswith(f"{bad}: {key}: {value!r} is not one of ")
+    assert hint in message
+    with pytest.raises(ConfigError, match=f"command line: {key}"):
+        load_config(config_path_of_demo(), [key, value])
+
+
+def config_path_of_demo() -> str:
+    return os.path.join(REPO, "configs", "quick_schedules",
+                        "oneshot_affinity_R_18_FPN_phantom_quick.yaml")
+
+
+def _base_of(path: str):
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("_BASE_:"):
+                name = line.split(":", 1)[1].split("#")[0].strip().strip("\"'")
+                return os.path.normpath(os.path.join(os.path.dirname(path), name))
+    return None
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[os.path.relpath(p, REPO) for p in CONFIGS])
+def test_base_chain_is_at_most_three_files(path):
+    """As in Detectron2's configs: a file, its _BASE_ and at most one more."""
+    chain = [path]
+    while _base_of(chain[-1]):
+        chain.append(_base_of(chain[-1]))
+    assert len(chain) <= 3, [os.path.relpath(p, REPO) for p in chain]

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from tests.common import REPO
 
 _spec = importlib.util.spec_from_file_location(
     "build_detectron2_wheel", os.path.join(REPO, "tools", "build_detectron2_wheel.py"))

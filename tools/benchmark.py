@@ -49,8 +49,9 @@ from tabulate import tabulate
 from torch.utils.flop_counter import FlopCounterMode
 
 from oneshot_d2 import add_oneshot_config
-from oneshot_d2.cli import UsageError, add_debug_argument, run_cli
-from oneshot_d2.data.phantom import COVID, CP, lung_window, render_slice, sample_anatomy
+from oneshot_d2.cli import add_debug_argument, run_cli
+from oneshot_d2.data.phantom import COVID, CP, render_slice, sample_anatomy
+from oneshot_d2.data.transforms import lung_window
 from oneshot_d2.engine import OneShotTrainer
 from oneshot_d2.engine.profiling import (
     ONESHOT_STAGES,
@@ -59,6 +60,7 @@ from oneshot_d2.engine.profiling import (
     stage_flops,
     synchronize,
 )
+from oneshot_d2.errors import UsageError
 from oneshot_d2.modeling import image_cls_only
 
 logger = logging.getLogger("benchmark")

@@ -20,11 +20,12 @@ import sys
 
 import torch
 
-from oneshot_d2.cli import UsageError, add_debug_argument, run_cli
+from oneshot_d2.cli import add_debug_argument, run_cli
 from oneshot_d2.config import load_config
-from oneshot_d2.data.io import atomic_open, atomic_write_bytes
 from oneshot_d2.engine.calibration import calibrate_model
 from oneshot_d2.engine.defaults import load_model_for_tool
+from oneshot_d2.errors import UsageError
+from oneshot_d2.utils.file_io import atomic_open, atomic_write_bytes
 
 logger = logging.getLogger("oneshot_d2.calibrate")
 

@@ -22,8 +22,8 @@ from detectron2.data import DatasetCatalog
 
 from oneshot_d2.cli import add_debug_argument, run_cli
 from oneshot_d2.data.check import check_dataset_splits
-from oneshot_d2.data.errors import DatasetKeyError
-from oneshot_d2.data.io import atomic_write_json, make_folder
+from oneshot_d2.errors import DatasetKeyError
+from oneshot_d2.utils.file_io import atomic_write_json, make_folder
 
 logger = logging.getLogger("check_dataset")
 

@@ -20,12 +20,13 @@ import sys
 
 from detectron2.evaluation import inference_on_dataset
 
-from oneshot_d2.cli import UsageError, add_debug_argument, run_cli
+from oneshot_d2.cli import add_debug_argument, run_cli
 from oneshot_d2.config import load_config
-from oneshot_d2.data.io import atomic_write_json
 from oneshot_d2.engine import OneShotTrainer
 from oneshot_d2.engine.defaults import load_model_for_tool
+from oneshot_d2.errors import UsageError
 from oneshot_d2.evaluation.detection_counts import DetectionCountEvaluator
+from oneshot_d2.utils.file_io import atomic_write_json
 
 logger = logging.getLogger("oneshot_d2.count_detections")
 

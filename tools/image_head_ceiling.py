@@ -20,11 +20,12 @@ import time
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from oneshot_d2.cli import UsageError, add_debug_argument, run_cli
+from oneshot_d2.cli import add_debug_argument, run_cli
 from oneshot_d2.config import load_config
-from oneshot_d2.data.io import atomic_write_json
 from oneshot_d2.engine.defaults import load_model_for_tool
 from oneshot_d2.engine.head_ceiling import cache_roi_features, train_head_on_features
+from oneshot_d2.errors import UsageError
+from oneshot_d2.utils.file_io import atomic_write_json
 
 logger = logging.getLogger("oneshot_d2.ceiling")
 

@@ -28,10 +28,9 @@ import oneshot_d2  # noqa: F401  isort: skip  (remedies before Detectron2; regis
 import torch
 from tqdm import tqdm
 
-from oneshot_d2.cli import EXIT_ERROR, UsageError, add_debug_argument, error_message, run_cli
+from oneshot_d2.cli import EXIT_ERROR, add_debug_argument, error_message, run_cli
 from oneshot_d2.config import load_config
-from oneshot_d2.data.errors import OneShotError
-from oneshot_d2.data.io import make_folder
+from oneshot_d2.errors import OneShotError, UsageError
 from oneshot_d2.inference import (
     OneShotPredictor,
     find_studies,
@@ -41,6 +40,7 @@ from oneshot_d2.inference import (
     write_run_tables,
     write_study,
 )
+from oneshot_d2.utils.file_io import make_folder
 
 logger = logging.getLogger("predict")
 # Errors of one study: it is reported and skipped, the others still run.

@@ -21,7 +21,7 @@ from typing import List, Optional
 
 from detectron2.engine import default_argument_parser, launch
 
-from oneshot_d2.cli import add_debug_argument, run_cli
+from oneshot_d2.cli import add_debug_argument, run_cli, run_quietly
 from oneshot_d2.engine import main as train_main
 from oneshot_d2.engine.defaults import check_args
 
@@ -44,12 +44,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     check_args(args)
     launch(
-        train_main,
+        run_quietly,
         args.num_gpus,
         num_machines=args.num_machines,
         machine_rank=args.machine_rank,
         dist_url=args.dist_url,
-        args=(args,),
+        args=(train_main, args),
     )
     return 0
 

@@ -14,8 +14,8 @@ from detectron2.data import (
 )
 from detectron2.data.samplers import RepeatFactorTrainingSampler
 
+from ..errors import ConfigError, DatasetError
 from .datasets.covid_ct import CT_CLS_EVALUATOR
-from .errors import ConfigError, DatasetError
 from .mapper import CTDatasetMapper
 
 __all__ = ["PairedDataLoader", "build_oneshot_train_loader", "check_image_classes",

@@ -19,7 +19,7 @@ from typing import Dict, Iterable, List, Optional, Sequence
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from .errors import DatasetError
+from ..errors import DatasetError
 from .io import decode_mask, open_image
 
 __all__ = ["Finding", "DatasetReport", "check_dataset_dicts", "check_dataset_splits"]

@@ -1,16 +1,13 @@
-"""Small, checked readers (images, label masks, CSV manifests, annotation masks) and an atomic
-writer for dataset and report files: the one place for each of these jobs."""
+"""Small, checked readers of dataset files (images, label masks, CSV manifests, annotation
+masks): the one place for each of these jobs. Atomic writers: :mod:`oneshot_d2.utils.file_io`."""
 from __future__ import annotations
 
 import contextlib
 import csv
-import errno
-import json
 import logging
 import os
-import tempfile
 from collections import defaultdict
-from typing import IO, Any, Dict, Iterator, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
 import cv2
 import numpy as np
@@ -18,12 +15,10 @@ import pycocotools.mask as mask_util
 from detectron2.structures import polygons_to_bitmask
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from .errors import DatasetError
-from .safe_fs import clean_orphans, file_mode, fsync_dir, tmp_prefix
+from ..errors import DatasetError
 
-__all__ = ["open_image", "strict_decoding", "make_folder", "WIDE_MODES",
-           "read_gray", "read_label_image", "read_manifest", "decode_mask", "atomic_write_json",
-           "atomic_write_text", "atomic_write_bytes", "atomic_open"]
+__all__ = ["open_image", "strict_decoding", "WIDE_MODES", "read_gray", "read_label_image",
+           "read_manifest", "decode_mask"]
 
 
 logger = logging.getLogger(__name__)
@@ -63,14 +58,15 @@ def _refuse_wide(im: Image.Image, path: str) -> None:
         raise DatasetError(
             f"{path}: 16-bit colour PNG (PIL would read it as 8-bit {im.mode}, keeping the high "
             "byte); slices must be 8-bit: window the HU values to 0..255 first (e.g. "
-            "oneshot_d2.data.phantom.lung_window(hu): level -600, width 1500)")
+            "oneshot_d2.data.transforms.lung_window(hu): level -600, width 1500)")
     if im.mode in WIDE_MODES:
         im.load()
         lo, hi = im.getextrema()
         raise DatasetError(
             f"{path}: {'32-bit' if im.mode in ('I', 'F') else '16-bit'} image (PIL mode "
             f"{im.mode}, values {lo}..{hi}); slices must be 8-bit: window the HU values to "
-            "0..255 first (e.g. oneshot_d2.data.phantom.lung_window(hu): level -600, width 1500)")
+            "0..255 first (e.g. oneshot_d2.data.transforms.lung_window(hu): level -600, width "
+            "1500)")
 
 
 def open_image(path: str, decode: bool = True) -> Image.Image:
@@ -108,30 +104,6 @@ def open_image(path: str, decode: bool = True) -> Image.Image:
                            f"({e.__class__.__name__}: {e})") from e
 
 
-def _first_blocker(folder: str) -> Optional[str]:
-    """The nearest existing ancestor of ``folder`` (itself included) when it is not a folder."""
-    path = os.path.abspath(folder)
-    while not os.path.exists(path) and os.path.dirname(path) != path:
-        path = os.path.dirname(path)
-    return path if os.path.exists(path) and not os.path.isdir(path) else None
-
-
-def make_folder(folder: str, what: str = "folder") -> str:
-    """Create ``folder`` (and its parents) if needed and check that it is writable; returns it.
-
-    Raises:
-        OSError: ``filename`` is ``folder``; the message says why (e.g. which part of the path
-            is a regular file).
-    """
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as e:
-        blocker = _first_blocker(folder)
-        reason = f"{blocker} is a file, not a folder" if blocker else e.strerror
-        raise type(e)(e.errno, f"cannot create the {what} ({reason})", folder) from None
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise PermissionError(errno.EACCES, f"the {what} is not writable", folder)
-    return folder
 
 
 def read_gray(path: str) -> np.ndarray:
@@ -270,48 +242,3 @@ def decode_mask(seg: Any, height: int, width: int) -> Optional[np.ndarray]:
     if isinstance(seg, list) and seg:
         return polygons_to_bitmask(seg, height, width)
     return None
-
-
-@contextlib.contextmanager
-def atomic_open(path: str, mode: str = "wb") -> Iterator[IO]:
-    """Open a temporary file next to ``path`` for writing; when the block ends without an
-    error, flush it to disk and rename it to ``path`` (``os.replace``), so that ``path`` is
-    always either the old file or the complete new one, even after a kill -9 or a crash.
-
-    The temporary file is ``<name>.tmp-<host>-<pid>-<random>`` (see :mod:`.safe_fs`): removed on an
-    error, left behind only by a killed process; the next write of ``path`` removes those of
-    dead processes (with a warning). The new file gets the usual mode (0o666 less the umask).
-    """
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    clean_orphans(folder, bases=[os.path.basename(path)], kinds=("tmp",))
-    fd, tmp = tempfile.mkstemp(prefix=tmp_prefix(os.path.basename(path)), dir=folder)
-    try:
-        with os.fdopen(fd, mode) as f:
-            os.fchmod(f.fileno(), file_mode())
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    fsync_dir(folder)
-
-
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` through :func:`atomic_open`, so that ``path`` is either the
-    old file or the complete new one."""
-    with atomic_open(path, "wb") as f:
-        f.write(data)
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` atomically."""
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path: str, obj: Any) -> None:
-    """Write ``obj`` as JSON to ``path`` atomically."""
-    atomic_write_text(path, json.dumps(obj))

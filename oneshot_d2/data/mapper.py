@@ -11,7 +11,7 @@ from detectron2.data import DatasetMapper
 from detectron2.data import transforms as T
 from detectron2.data.detection_utils import SizeMismatchError
 
-from .errors import DatasetError
+from ..errors import DatasetError
 from .io import open_image, strict_decoding
 from .transforms import input_transforms
 

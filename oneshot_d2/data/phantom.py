@@ -25,7 +25,7 @@ import numpy as np
 
 __all__ = [
     "BACKGROUND", "LUNG", "GGO", "CONSOLIDATION", "CLASS_NAMES", "PatientAnatomy",
-    "PhantomSlice", "sample_anatomy", "render_slice", "lung_window", "min_slice_size",
+    "PhantomSlice", "sample_anatomy", "render_slice", "min_slice_size",
 ]
 
 BACKGROUND, LUNG, GGO, CONSOLIDATION = 0, 1, 2, 3
@@ -90,18 +90,6 @@ def sample_anatomy(rng: np.random.Generator) -> PatientAnatomy:
         shape_seed=int(rng.integers(0, 2**31 - 1)),
     )
 
-
-def lung_window(hu: np.ndarray, width: float = 1500.0, level: float = -600.0) -> np.ndarray:
-    """Map Hounsfield units to 8-bit with a lung window (default W1500 / L-600).
-
-    Args:
-        hu: array of HU values, any shape.
-    Returns:
-        uint8 array of the same shape.
-    """
-    lo = level - width / 2.0
-    out = (np.asarray(hu, dtype=np.float32) - lo) * (255.0 / width)
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -37,18 +37,19 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
-from .errors import DatasetError
-from .io import atomic_write_json
-from .phantom import COVID, CP, NORMAL, lung_window, render_slice, sample_anatomy
-from .safe_fs import (
-    file_lock,
+from ..errors import DatasetError
+from ..utils.file_io import (
+    atomic_write_json,
     file_mode,
     fsync_dir,
-    kill_point,
     recover_replaced_folder,
     replace_folder,
-    tmp_prefix,
 )
+from ..utils.file_lock import file_lock
+from ..utils.temp_names import tmp_prefix
+from ..utils.testing import kill_point
+from .phantom import COVID, CP, NORMAL, render_slice, sample_anatomy
+from .transforms import lung_window
 
 __all__ = ["PhantomSpec", "write_phantom_dataset", "prepare_phantom_dataset", "COVIDX_PREFIX",
            "phantom_is_complete", "phantom_incomplete_reason", "read_phantom_marker",
@@ -364,7 +365,7 @@ def _write_tree(out: str, spec: PhantomSpec, min_area: Optional[int]) -> Dict[st
     """Render the whole dataset into the (new, empty) folder ``out``: slices, split files,
     ``phantom.json``, the COCO annotations (unless ``min_area`` is None) and, last, the
     marker."""
-    from .. import __version__
+    from ..version import __version__
 
     rng = np.random.default_rng(spec.seed)
     seg_rng, cls_rng = (np.random.default_rng(s) for s in rng.integers(0, 2**31, 2))
@@ -381,8 +382,8 @@ def _write_tree(out: str, spec: PhantomSpec, min_area: Optional[int]) -> Dict[st
 
 
 def _recover_interrupted(root: str) -> None:
-    """Undo what a killed run left next to ``root`` (:func:`~.safe_fs.recover_replaced_folder`
-    with phantom datasets)."""
+    """Undo what a killed run left next to ``root``
+    (:func:`~oneshot_d2.utils.file_io.recover_replaced_folder` with phantom datasets)."""
     recover_replaced_folder(root, phantom_is_complete, "phantom dataset")
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .io import atomic_write_bytes
-from .phantom import CLASS_NAMES, CONSOLIDATION, GGO, lung_window, render_slice, sample_anatomy
+from ..utils.file_io import atomic_write_bytes
+from .phantom import CLASS_NAMES, CONSOLIDATION, GGO, render_slice, sample_anatomy
+from .transforms import lung_window
 
 __all__ = ["render_montage", "write_montage"]
 

@@ -66,7 +66,7 @@ def write_nifti_volume(path: str, volume: np.ndarray, spacing: Sequence[float],
     spacing in its affine (origin 0)."""
     import nibabel as nib
 
-    from ..inference.volume import display_to_canonical
+    from .orientation import display_to_canonical
 
     data = display_to_canonical(np.rint(volume) if np.dtype(dtype).kind == "i" else volume)
     affine = np.diag([float(spacing[1]), float(spacing[0]), float(spacing[2]), 1.0])

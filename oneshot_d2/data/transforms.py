@@ -1,6 +1,8 @@
-"""Input transforms of CT slices beside Detectron2's: contrast-limited adaptive histogram
-equalisation (CLAHE, ``INPUT.CLAHE``), applied to every slice in training, evaluation and
-prediction alike (it is part of the input, not an augmentation), before the resize.
+"""Transforms of CT slices: the lung window that maps Hounsfield units to the 8-bit slices the
+models read (:func:`lung_window`), and the input transforms beside Detectron2's:
+contrast-limited adaptive histogram equalisation (CLAHE, ``INPUT.CLAHE``), applied to every
+slice in training, evaluation and prediction alike (it is part of the input, not an
+augmentation), before the resize.
 
 Why: public sets differ in how their 8-bit slices were made (COVID-19-CT-Seg's slices are
 CLAHE-enhanced, MosMed's are a plain wide lung window): one equalisation of every input brings
@@ -14,7 +16,20 @@ import cv2
 import numpy as np
 from detectron2.data import transforms as T
 
-__all__ = ["CLAHETransform", "CLAHE", "input_transforms"]
+__all__ = ["lung_window", "CLAHETransform", "CLAHE", "input_transforms"]
+
+
+def lung_window(hu: np.ndarray, width: float = 1500.0, level: float = -600.0) -> np.ndarray:
+    """Map Hounsfield units to 8-bit with a lung window (default W1500 / L-600).
+
+    Args:
+        hu: array of HU values, any shape.
+    Returns:
+        uint8 array of the same shape.
+    """
+    lo = level - width / 2.0
+    out = (np.asarray(hu, dtype=np.float32) - lo) * (255.0 / width)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
 class CLAHETransform(T.Transform):

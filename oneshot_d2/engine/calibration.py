@@ -17,12 +17,12 @@ from detectron2.data import build_detection_test_loader
 from detectron2.engine import HookBase
 from detectron2.utils import comm
 
-from ..data.io import atomic_write_bytes
 from ..data.mapper import CTDatasetMapper
 from ..evaluation._gather import gather_on_main
 from ..evaluation.calibration import calibration_summary, fit_temperature
 from ..modeling.meta_arch import image_cls_only
 from ..modeling.meta_arch.ct_rcnn import TEMPERATURE_BUFFER
+from ..utils.file_io import atomic_write_bytes
 from .utils import unwrap_model
 
 __all__ = ["collect_log_probs", "calibrate_model", "TemperatureCalibrationHook",

@@ -14,11 +14,10 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from ..config import ConfigError
 from ..data.build import check_image_class_count
 from ..data.datasets.covid_ct import CT_CLS_EVALUATOR
-from ..data.errors import CheckpointError
 from ..modeling.backbone.pretrained import is_pretrained_name, pretrained_spec
 
 __all__ = ["check_training_config", "frozen_random_layers", "verify_results",
-           "check_solver_values", "check_dataset_classes", "check_weights"]
+           "check_solver_values", "check_dataset_classes"]
 
 logger = logging.getLogger(__name__)
 
@@ -195,42 +194,6 @@ def check_dataset_classes(cfg: CfgNode) -> None:
                 f"{len(classes)} categories {classes} (category ids >= {num_things} would "
                 f"train as background): set it to {len(classes)}")
 
-
-def check_weights(cfg: CfgNode, eval_only: bool = False, resume: bool = False,
-                  allow_random: bool = False) -> None:
-    """Check ``MODEL.WEIGHTS`` before anything is built.
-
-    Args:
-        cfg: the config.
-        eval_only: evaluation only (``--eval-only``): empty weights are refused, since the
-            model would be evaluated at its random initialisation, unless ``resume`` (the
-            checkpoint in ``OUTPUT_DIR`` is used; :func:`~oneshot_d2.engine.defaults.main`
-            refuses when there is none) or ``allow_random``.
-        resume: ``--resume``.
-        allow_random: ``--allow-random-weights``: evaluate a random model on purpose.
-
-    Raises:
-        ConfigError: empty weights with ``eval_only`` (see above).
-        CheckpointError: a local weights file that is missing, a folder or empty.
-    """
-    path = cfg.MODEL.WEIGHTS
-    if not path:
-        if eval_only and not resume and not allow_random:
-            raise ConfigError(
-                "MODEL.WEIGHTS: empty, so a randomly initialised model would be evaluated; "
-                "give MODEL.WEIGHTS <checkpoint.pth> (train_net --eval-only: or "
-                "--allow-random-weights to do it on purpose)")
-        return
-    if is_pretrained_name(path):  # installed trunk weights: name known and file present
-        pretrained_spec(path).locate()
-        return
-    if "://" in path:  # detectron2:// or a URL: fetched by the checkpointer
-        return
-    if not os.path.isfile(path):
-        what = "a folder, not a checkpoint file" if os.path.isdir(path) else "file not found"
-        raise CheckpointError(f"{path}: MODEL.WEIGHTS {what}")
-    if os.path.getsize(path) == 0:
-        raise CheckpointError(f"{path}: MODEL.WEIGHTS file is empty (0 bytes)")
 
 
 def verify_results(cfg: CfgNode, results: Dict) -> None:

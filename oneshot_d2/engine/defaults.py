@@ -17,25 +17,23 @@ from detectron2.modeling import build_model
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from ..cli import debug_requested, quiet_training_tracebacks
+from ..checkpoint import AtomicCheckpointer, check_complete_model, check_weights
 from ..compat import filter_known_warnings
 from ..config import ConfigError, load_config
 from ..data.build import check_image_classes
 from ..data.datasets.builtin import datasets_root, register_all_builtin
-from ..data.errors import CheckpointError, DatasetKeyError
-from ..data.io import make_folder
-from .checkpoint import AtomicCheckpointer
+from ..errors import DatasetKeyError
+from ..utils.file_io import make_folder
 from .checks import (
     check_dataset_classes,
     check_solver_values,
     check_training_config,
-    check_weights,
     verify_results,
 )
 from .trainer import OneShotTrainer
 
 __all__ = ["setup", "main", "check_datasets", "default_output_dir", "build_config",
-           "check_config", "check_args", "check_complete_model", "load_model_for_tool"]
+           "check_config", "check_args", "load_model_for_tool"]
 
 logger = logging.getLogger(__name__)
 
@@ -119,26 +117,6 @@ def setup(args) -> CfgNode:
     return cfg
 
 
-def check_complete_model(checkpointer: AtomicCheckpointer, cfg: CfgNode,
-                         allow_random: bool = False) -> None:
-    """Refuse to evaluate a model that the loaded file only partly initialised (e.g. ImageNet
-    backbone weights, or a Mask R-CNN checkpoint under a one-shot config): its other layers
-    would be evaluated at their random initial values.
-
-    Raises:
-        CheckpointError: the loaded file lacked some of the model's parameters, unless
-            ``allow_random`` (``--allow-random-weights``).
-    """
-    missing = checkpointer.missing_keys
-    if not missing or allow_random or not cfg.MODEL.WEIGHTS and not checkpointer.resumed_from:
-        return
-    source = checkpointer.resumed_from or cfg.MODEL.WEIGHTS
-    prefixes = sorted({k.split(".")[0] for k in missing})
-    raise CheckpointError(
-        f"{source}: lacks {len(missing)} of the model's parameters (in {', '.join(prefixes)}; "
-        f"e.g. {missing[0]}): they would be evaluated at random values. Give a checkpoint of "
-        "this model (train_net --eval-only: or --allow-random-weights to do it on purpose)")
-
 
 def load_model_for_tool(cfg: CfgNode, datasets: Iterable[str], folder: str,
                         log_file: str | None = None, threads: int = 0,
@@ -179,8 +157,6 @@ def main(args):
     """Train (optionally resuming), or evaluate a checkpoint with ``--eval-only``; then check
     ``TEST.EXPECTED_RESULTS`` when set."""
     filter_known_warnings()  # again here: launch's worker processes start afresh
-    if not (getattr(args, "debug", False) or debug_requested([])):
-        quiet_training_tracebacks()
     cfg = setup(args)
     if args.eval_only:
         model = OneShotTrainer.build_model(cfg)

@@ -25,7 +25,8 @@ from typing import Deque, Dict
 from detectron2.engine import HookBase
 from detectron2.utils import comm
 
-from ..data.errors import ConfigError
+from ..config import COPY_MODES
+from ..errors import ConfigError
 from .utils import unwrap_model
 
 __all__ = ["CopyClsBranchesHook", "SEG_LOSS_KEYS", "COPY_MODES"]
@@ -33,7 +34,6 @@ __all__ = ["CopyClsBranchesHook", "SEG_LOSS_KEYS", "COPY_MODES"]
 logger = logging.getLogger(__name__)
 
 SEG_LOSS_KEYS = ("loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg", "loss_mask")
-COPY_MODES = ("best", "previous", "period")
 
 
 class CopyClsBranchesHook(HookBase):

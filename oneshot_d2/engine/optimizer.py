@@ -3,8 +3,8 @@ the image head trained with Adam beside an SGD-trained detector.
 
 Why a hybrid: trained from scratch on the CPU schedules, Mask R-CNN learns lesions fast with
 SGD at Detectron2's rates, while the image heads (affinity matrix, LSTM, batch-normalised
-sieve) are unstable under SGD and learn reliably with Adam (measured; README). The papers use
-one Adam for everything (lr 1e-5), which remains the default of the paper configs.
+sieve) are unstable under SGD and learn reliably with Adam (measured; docs/results.md). The
+papers use one Adam for everything (lr 1e-5), which remains the default of the paper configs.
 """
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ from typing import Any, Dict, List, Tuple
 import torch
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 
-from ..data.errors import ConfigError
+from ..config import OPTIMIZERS
+from ..errors import ConfigError
 from .utils import unwrap_model
 
 __all__ = ["SGDAdam", "build_optimizer", "OPTIMIZERS"]
 
-OPTIMIZERS = ("SGD", "Adam", "AdamW")
 
 
 class SGDAdam(torch.optim.Optimizer):

@@ -2,7 +2,7 @@
 
 Resume restores the optimizer state too (``oneshot_d2.compat`` remedy 8 on Detectron2 v0.6).
 Checkpoints are written atomically and a resume skips corrupt ones
-(:class:`~oneshot_d2.engine.checkpoint.AtomicCheckpointer`).
+(:class:`~oneshot_d2.checkpoint.AtomicCheckpointer`).
 """
 from __future__ import annotations
 
@@ -17,17 +17,17 @@ from detectron2.engine import DefaultTrainer, TrainerBase, hooks
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, DatasetEvaluators
 from detectron2.utils import comm
 
+from ..checkpoint import AtomicCheckpointer
 from ..compat import has_compiled_ops
 from ..data.build import build_oneshot_train_loader, check_image_classes
 from ..data.datasets.covid_ct import CT_CLS_EVALUATOR
-from ..data.errors import ConfigError
 from ..data.mapper import CTDatasetMapper
+from ..errors import ConfigError
 from ..evaluation import ClassificationEvaluator, PerImageAPEvaluator
 from ..evaluation.classification_evaluation import CHOSEN_THRESHOLD
 from ..modeling.meta_arch import image_cls_only
 from ..modeling.roi_heads import OneShotROIHeads
 from .calibration import TemperatureCalibrationHook
-from .checkpoint import AtomicCheckpointer
 from .checks import check_training_config, verify_results
 from .hooks import CopyClsBranchesHook, ImageLossStartHook
 from .optimizer import build_optimizer

@@ -21,8 +21,8 @@ from detectron2.data import MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
 from tabulate import tabulate
 
-from ..data.errors import DatasetKeyError
-from ..data.io import atomic_write_bytes
+from ..errors import DatasetKeyError
+from ..utils.file_io import atomic_write_bytes
 from ._gather import gather_on_main
 from .classification_metrics import choose_threshold, classification_metrics, thresholded_metrics
 

@@ -17,8 +17,9 @@ from detectron2.data import DatasetCatalog
 from detectron2.evaluation import DatasetEvaluator
 from tabulate import tabulate
 
-from ..data.errors import DatasetError, DatasetKeyError
-from ..data.io import atomic_write_text, decode_mask
+from ..data.io import decode_mask
+from ..errors import DatasetError, DatasetKeyError
+from ..utils.file_io import atomic_write_text
 from ._gather import gather_on_main
 from .per_image_ap import IOU_THRESHOLDS, image_ap, summarize_per_image_ap
 

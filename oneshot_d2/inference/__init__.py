@@ -7,13 +7,14 @@
 - :func:`predict_study` / :func:`study_report`: per-slice results, patient-level result, lesion
   burden; :func:`write_study`: the study's outputs, written atomically.
 """
+from ..errors import StudyError
 from .lung_mask import lung_mask
 from .outputs import study_summary_row, write_run_tables, write_study
 from .predictor import OneShotPredictor, SlicePrediction
 from .readers import StudyRef, find_studies
 from .report import lesion_burden, patient_result
 from .study import StudyPrediction, model_slices, predict_study, study_report
-from .volume import Study, StudyError
+from .volume import Study
 
 __all__ = ["OneShotPredictor", "SlicePrediction", "Study", "StudyError", "StudyRef",
            "StudyPrediction", "find_studies", "lesion_burden", "lung_mask", "model_slices",

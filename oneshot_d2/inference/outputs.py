@@ -12,7 +12,7 @@ Layout under the output folder ``OUT``::
     OUT/<study>/lesions.nii.gz      # with --save-nifti: lesion labels in the input's geometry
 
 A study folder is written under a temporary name and renamed into place
-(:func:`~oneshot_d2.data.safe_fs.replace_folder`), so after a kill ``OUT/<study>`` is the
+(:func:`~oneshot_d2.utils.file_io.replace_folder`), so after a kill ``OUT/<study>`` is the
 previous complete folder or the new complete one. An existing ``OUT/<study>`` that this tool did
 not write (no ``report.json`` of ``tools/predict.py``) is never replaced. The CSV files are
 written atomically too.
@@ -31,18 +31,13 @@ from typing import Dict, List, Optional, Sequence
 import cv2
 import numpy as np
 
-from ..data.io import atomic_write_text
-from ..data.safe_fs import (
-    file_lock,
-    file_mode,
-    recover_replaced_folder,
-    replace_folder,
-    tmp_prefix,
-)
+from ..errors import StudyError
+from ..utils.file_io import atomic_write_text, file_mode, recover_replaced_folder, replace_folder
+from ..utils.file_lock import file_lock
+from ..utils.temp_names import tmp_prefix
 from .overlays import key_slices, slice_overlay, summary_figure
 from .report import negative_class_index
 from .study import REPORT_TOOL, StudyPrediction
-from .volume import StudyError
 
 __all__ = ["write_study", "write_run_tables", "is_predict_folder", "csv_text", "study_summary_row"]
 

@@ -20,12 +20,10 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 
+from ..checkpoint import AtomicCheckpointer, check_complete_model, check_weights
 from ..config import load_config
-from ..data.errors import ConfigError
 from ..data.transforms import input_transforms
-from ..engine.checkpoint import AtomicCheckpointer
-from ..engine.checks import check_weights
-from ..engine.defaults import check_complete_model
+from ..errors import ConfigError
 
 __all__ = ["OneShotPredictor", "SlicePrediction", "class_names_of", "to_model_channels"]
 

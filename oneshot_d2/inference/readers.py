@@ -16,8 +16,8 @@ Inputs:
   slices hold HU + :data:`PNG_HU_OFFSET` (the phantom's ``hu/`` PNGs). A single file is a
   one-slice study, a folder of images one study (slices in natural name order).
 
-Every problem with an input is a :class:`~.volume.StudyError` whose one-line message names the
-file (or folder) and the problem.
+Every problem with an input is a :class:`~oneshot_d2.errors.StudyError` whose one-line message
+names the file (or folder) and the problem.
 """
 from __future__ import annotations
 
@@ -32,18 +32,10 @@ from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
-from ..data.errors import DatasetError
 from ..data.io import WIDE_MODES, open_image, strict_decoding
-from .volume import (
-    OBLIQUE_LIMIT_DEG,
-    NiftiLayout,
-    Study,
-    StudyError,
-    axis_angles,
-    canonical_to_display,
-    display_affine,
-    display_positions,
-)
+from ..data.orientation import canonical_to_display, display_affine
+from ..errors import DatasetError, StudyError
+from .volume import OBLIQUE_LIMIT_DEG, NiftiLayout, Study, axis_angles, display_positions
 
 __all__ = ["SUPPORTED", "DICOM_EXTENSIONS", "NIFTI_EXTENSIONS", "IMAGE_EXTENSIONS",
            "PNG_HU_OFFSET", "StudyRef", "find_studies", "load_dicom_series", "load_nifti",

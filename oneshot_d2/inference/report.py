@@ -11,12 +11,12 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..data.errors import ConfigError
+from ..config import PATIENT_RULES
+from ..errors import ConfigError
 
 __all__ = ["PATIENT_RULES", "NEGATIVE_NAMES", "lesion_label_map", "negative_class_index",
            "patient_result", "lesion_burden", "voxel_volume_ml", "slice_row"]
 
-PATIENT_RULES = ("top_k_mean", "fraction")
 # Class names taken as the negative ("no disease") class when PREDICT.NEGATIVE_CLASS is "":
 # compared lower-case with everything but letters removed.
 NEGATIVE_NAMES = ("normal", "noncovid", "negative", "healthy", "nonpneumonia")

@@ -10,8 +10,8 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 from detectron2.config import CfgNode
 
-from .. import __version__
-from ..data.phantom import lung_window
+from ..data.transforms import lung_window
+from ..version import __version__
 from .lung_mask import lung_mask
 from .predictor import OneShotPredictor, SlicePrediction
 from .report import lesion_burden, lesion_label_map, patient_result, slice_row
@@ -135,7 +135,7 @@ def _jsonable(value):
 
 def study_report(pred: StudyPrediction, predictor: OneShotPredictor,
                  config_file: str = "") -> Dict:
-    """The ``report.json`` dictionary of a study (see README, "Predict")."""
+    """The ``report.json`` dictionary of a study (docs/predict.md)."""
     cfg: CfgNode = predictor.cfg
     study = pred.study
     spacing = study.spacing

@@ -2,11 +2,7 @@
 volume or image slices) as slices in the display orientation of the training data, with its
 geometry, and the way back from a label volume to the input's geometry.
 
-Display orientation (radiological, as the phantom and the public slices look, and as
-:func:`oneshot_d2.data.phantom_dataset._write_nifti` maps slices to NIfTI): ``pixels[k]`` has
-rows going anterior -> posterior and columns going patient right -> patient left; slices go
-from inferior to superior. For a RAS+ (canonical) NIfTI array ``data[i, j, k]`` this is
-``pixels[k] = data[::-1, ::-1, k].T`` (:func:`canonical_to_display`).
+Display orientation and its map to RAS+ NIfTI arrays: :mod:`oneshot_d2.data.orientation`.
 """
 from __future__ import annotations
 
@@ -16,26 +12,18 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ..data.errors import DatasetError
+from ..data.orientation import display_to_canonical
 
 if TYPE_CHECKING:  # pragma: no cover
     import nibabel
 
-__all__ = ["StudyError", "Study", "NiftiLayout", "KINDS", "OBLIQUE_LIMIT_DEG",
-           "canonical_to_display", "display_to_canonical", "display_affine",
+__all__ = ["Study", "NiftiLayout", "KINDS", "OBLIQUE_LIMIT_DEG",
            "axis_angles", "display_positions"]
 
 KINDS = ("dicom", "nifti", "image")
 # Largest angle (degrees) between a voxel axis and the nearest patient axis that still counts
 # as an axial acquisition; more is refused (the model was trained on axial slices).
 OBLIQUE_LIMIT_DEG = 5.0
-
-
-class StudyError(DatasetError):
-    """A study that cannot be read: the message is one line naming the file and the problem."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(" ".join(str(message).split()))  # always one line
 
 
 @dataclass(eq=False)
@@ -54,27 +42,6 @@ class NiftiLayout:
     header: Any
     ornt: np.ndarray
 
-
-def _flip_xy(nx: int, ny: int) -> np.ndarray:
-    """(4, 4) voxel map display ``(c, r, k)`` -> canonical ``(nx-1-c, ny-1-r, k)``."""
-    return np.array([[-1.0, 0, 0, nx - 1], [0, -1.0, 0, ny - 1], [0, 0, 1.0, 0], [0, 0, 0, 1.0]])
-
-
-def canonical_to_display(data: np.ndarray) -> np.ndarray:
-    """RAS+ array ``data[i, j, k]`` (X, Y, N) -> display slices ``pixels[k]`` (N, Y, X)."""
-    return np.ascontiguousarray(data[::-1, ::-1, :].transpose(2, 1, 0))
-
-
-def display_to_canonical(pixels: np.ndarray) -> np.ndarray:
-    """Display slices (N, H, W) -> RAS+ array (W, H, N); the inverse of
-    :func:`canonical_to_display` (``data[:, :, k] = pixels[k].T[::-1, ::-1]``)."""
-    return np.ascontiguousarray(pixels.transpose(2, 1, 0)[::-1, ::-1, :])
-
-
-def display_affine(canonical_affine: np.ndarray, shape: Tuple[int, ...]) -> np.ndarray:
-    """(4, 4) affine of the display volume laid out as ``pixels.transpose(2, 1, 0)`` from the
-    affine of the canonical array of shape ``shape`` (X, Y, N)."""
-    return np.asarray(canonical_affine, dtype=np.float64) @ _flip_xy(shape[0], shape[1])
 
 
 def axis_angles(directions: np.ndarray) -> List[float]:

@@ -15,7 +15,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
-from ..errors import DatasetError
+from ...errors import DatasetError
 from ..io import read_manifest
 
 __all__ = [

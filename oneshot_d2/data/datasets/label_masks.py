@@ -23,8 +23,9 @@ import cv2
 import numpy as np
 import pycocotools.mask as mask_util
 
-from ..errors import DatasetError
-from ..io import atomic_write_json, read_gray, read_label_image
+from ...errors import DatasetError
+from ...utils.file_io import atomic_write_json
+from ..io import read_gray, read_label_image
 
 __all__ = [
     "CNCB_MASK_VALUES", "CNCB_CATEGORY_VALUES", "mask_to_instances", "read_split_file",

@@ -32,9 +32,11 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from ..errors import DatasetError
-from ..io import atomic_write_json, read_manifest
-from ..safe_fs import clean_orphans, file_lock
+from ...errors import DatasetError
+from ...utils.file_io import atomic_write_json
+from ...utils.file_lock import file_lock
+from ...utils.temp_names import clean_orphans
+from ..io import read_manifest
 from .covid_ct import register_csv_cls, register_ct_seg
 from .label_masks import label_masks_to_coco
 

@@ -32,7 +32,8 @@ from detectron2.modeling.backbone import FPN
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 from torch import nn
 
-from ...data.errors import ConfigError
+from ...config import EFFICIENTNET_NORMS
+from ...errors import ConfigError
 from .single_fpn import single_level_fpn
 
 __all__ = ["EfficientNetLite", "EFFICIENTNET_LITE_ARCHS", "EFFICIENTNET_NORMS",
@@ -41,7 +42,6 @@ __all__ = ["EfficientNetLite", "EFFICIENTNET_LITE_ARCHS", "EFFICIENTNET_NORMS",
 
 # MODEL.EFFICIENTNET.NAME -> timm architecture
 EFFICIENTNET_LITE_ARCHS = {f"efficientnet-lite{i}": f"tf_efficientnet_lite{i}" for i in range(5)}
-EFFICIENTNET_NORMS = ("FrozenBN", "BN", "SyncBN")
 STAGES = ("stage1", "stage2", "stage3", "stage4", "stage5")  # strides 2, 4, 8, 16, 32
 HEAD = "head"  # conv_head + BN + ReLU6 on stage5: the ImageNet classifier's input
 OUTPUTS = STAGES + (HEAD,)

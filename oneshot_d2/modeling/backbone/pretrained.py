@@ -17,7 +17,7 @@ Two parts, in Detectron2's manner:
 
 * :class:`PretrainedHandler`, an iopath ``PathHandler`` registered with Detectron2's
   ``PathManager``: ``PathManager.get_local_path("pretrained://efficientnet-lite0")`` is the file's
-  path, or a :class:`~oneshot_d2.data.errors.CheckpointError` naming what to install.
+  path, or a :class:`~oneshot_d2.errors.CheckpointError` naming what to install.
 * :func:`pretrained_state_dict`: the file's tensors renamed to the model's own names. The key
   map is explicit (tested tensor by tensor), not Detectron2's suffix heuristics: the weights go
   into the model's one trunk of the right type (an :class:`EfficientNetLite`, or Detectron2's
@@ -40,7 +40,7 @@ from detectron2.modeling.backbone.resnet import ResNet
 from detectron2.utils.file_io import PathHandler, PathManager
 from torch import nn
 
-from ...data.errors import CheckpointError
+from ...errors import CheckpointError
 from .efficientnet_lite import EFFICIENTNET_LITE_ARCHS, EfficientNetLite
 
 __all__ = ["PRETRAINED_PREFIX", "PretrainedWeights", "PRETRAINED_WEIGHTS", "PretrainedHandler",

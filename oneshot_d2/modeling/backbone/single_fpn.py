@@ -6,7 +6,7 @@ from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from detectron2.modeling.backbone import FPN
 from detectron2.modeling.backbone.resnet import build_resnet_backbone
 
-from ...data.errors import ConfigError
+from ...errors import ConfigError
 
 __all__ = ["build_resnet_single_fpn_backbone", "single_level_fpn"]
 

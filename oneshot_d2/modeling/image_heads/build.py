@@ -9,6 +9,7 @@ from detectron2.config import configurable
 from detectron2.utils.registry import Registry
 from torch import nn
 
+from ...config import LOSS_REDUCTIONS
 from .layers import MaskSieve, MaskVectorizer
 
 __all__ = ["IMAGE_HEAD_REGISTRY", "build_image_head", "image_cls_loss", "ImageHead"]
@@ -38,8 +39,9 @@ def image_cls_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = 
     Returns:
         scalar loss.
     """
-    if reduction not in ("sum", "mean"):
-        raise ValueError(f"image loss reduction must be 'sum' or 'mean', got {reduction!r}")
+    if reduction not in LOSS_REDUCTIONS:
+        raise ValueError(f"image loss reduction must be one of {LOSS_REDUCTIONS}, got "
+                         f"{reduction!r}")
     target = F.one_hot(labels.long(), logits.shape[1]).to(logits.dtype)
     per_class = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     per_image = per_class.sum(1) if reduction == "sum" else per_class.mean(1)

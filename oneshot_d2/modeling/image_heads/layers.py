@@ -6,11 +6,12 @@ from detectron2.layers import get_norm
 from detectron2.utils import comm
 from torch import nn
 
+from ...config import SIEVE_ORDERS
+
 __all__ = ["MaskSieve", "MaskVectorizer", "SIEVE_ORDERS"]
 
 # "paper": Conv s2 -> BN -> ConvT s2 -> ReLU (LSTM paper's description);
 # "code": Conv s2 -> BN -> ReLU -> ConvT s2 (original code).
-SIEVE_ORDERS = ("paper", "code")
 
 
 def _norm(norm: str, channels: int) -> nn.Module:

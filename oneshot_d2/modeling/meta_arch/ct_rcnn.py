@@ -16,7 +16,8 @@ from detectron2.config.defaults import _C as D2_DEFAULTS
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
 from detectron2.structures import ImageList, Instances
 
-from ...data.errors import ConfigError
+from ...config import PIXEL_NORMS
+from ...errors import ConfigError
 
 __all__ = ["CTRCNN", "PIXEL_NORMS", "standardize_per_image", "normalize_images",
            "run_grouped_by_size", "TEMPERATURE_BUFFER", "add_temperature", "calibrated_softmax"]
@@ -25,7 +26,6 @@ logger = logging.getLogger(__name__)
 
 # "per_image": every image z-scored per channel with its own mean / std (the papers' "global
 # mean / std" is per image; the released code); "mean_std": Detectron2's PIXEL_MEAN / PIXEL_STD.
-PIXEL_NORMS = ("per_image", "mean_std")
 
 
 def standardize_per_image(image: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:

@@ -18,7 +18,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
 from detectron2.utils.events import get_event_storage
 from torch import nn
 
-from ...data.errors import ConfigError
+from ...errors import ConfigError
 from ..image_heads import image_cls_loss
 from .ct_rcnn import (
     PIXEL_NORMS,

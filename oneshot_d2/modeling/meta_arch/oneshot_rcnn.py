@@ -10,7 +10,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
 from detectron2.modeling.proposal_generator.rpn import RPN
 from detectron2.structures import ImageList, Instances
 
-from ...data.errors import ConfigError
+from ...errors import ConfigError
 from ..image_heads import build_image_head, image_cls_loss
 from ..roi_heads import OneShotROIHeads
 from .ct_rcnn import CTRCNN, add_temperature, calibrated_softmax

@@ -19,7 +19,7 @@ from detectron2.modeling import ROI_HEADS_REGISTRY, StandardROIHeads
 from detectron2.structures import Boxes, Instances
 from torch import nn
 
-from ...data.errors import ConfigError
+from ...errors import ConfigError
 from .roi_batch import PADDING_MODES, RoIBatch, select_roi_batch
 
 __all__ = ["OneShotROIHeads"]

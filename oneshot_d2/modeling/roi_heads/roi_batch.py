@@ -12,9 +12,10 @@ from typing import NamedTuple, Tuple
 import torch
 from torchvision.ops import batched_nms
 
+from ...config import ROI_PADDING_MODES as PADDING_MODES
+
 __all__ = ["RoIBatch", "select_roi_batch", "PADDING_MODES"]
 
-PADDING_MODES = ("cyclic", "original")
 
 
 class RoIBatch(NamedTuple):

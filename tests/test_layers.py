@@ -1,0 +1,93 @@
+"""The package's imports flow one way: each subpackage imports only from its own layer or the
+layers below it (docs/development.md#layers). Reads the source (every ``import`` statement,
+those inside functions included), so it also catches an import that only runs on one path."""
+import ast
+import os
+
+from tests.common import REPO
+
+PACKAGE = os.path.join(REPO, "oneshot_d2")
+
+# bottom to top; a module may import its own layer and those below
+LAYERS = [
+    {"errors", "version", "utils"},
+    {"compat", "config"},
+    {"data"},
+    {"modeling"},
+    {"checkpoint", "evaluation"},
+    {"inference"},
+    {"engine"},
+    {"cli"},
+]
+LAYER_OF = {name: i for i, names in enumerate(LAYERS) for name in names}
+
+
+def _part(module: str) -> str:
+    """``oneshot_d2.data.io`` -> ``data``; ``oneshot_d2.cli`` -> ``cli``."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def _imported_modules(path: str, package: str):
+    """(line, absolute module) of every oneshot_d2 import in a source file of ``package``."""
+    for node in ast.walk(ast.parse(open(path, encoding="utf-8").read(), path)):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[:len(package.split(".")) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if target == "oneshot_d2":  # from oneshot_d2 import x: the submodule x
+                for alias in node.names:
+                    yield node.lineno, f"oneshot_d2.{alias.name}"
+            elif target.startswith("oneshot_d2."):
+                yield node.lineno, target
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("oneshot_d2."):
+                    yield node.lineno, alias.name
+
+
+def layer_violations(root: str = PACKAGE):
+    """``file:line: a -> b`` for each import from a higher layer (or from an unknown part)."""
+    out = []
+    for folder, _, files in os.walk(root):
+        for f in sorted(files):
+            if not f.endswith(".py"):
+                continue
+            path = os.path.join(folder, f)
+            rel = os.path.relpath(path, os.path.dirname(root))[:-3].replace(os.sep, ".")
+            package = rel[:-len(".__init__")] if f == "__init__.py" else rel.rsplit(".", 1)[0]
+            source = _part(rel)
+            if source in ("", "__init__"):  # oneshot_d2/__init__.py: the package's entry
+                continue
+            for line, target in _imported_modules(path, package):
+                part = _part(target)
+                if part == source:
+                    continue
+                if source not in LAYER_OF or part not in LAYER_OF \
+                        or LAYER_OF[part] > LAYER_OF[source]:
+                    out.append(f"{os.path.relpath(path, REPO)}:{line}: {source} -> {part}")
+    return out
+
+
+def test_every_subpackage_has_a_layer():
+    parts = {f[:-3] if f.endswith(".py") else f for f in os.listdir(PACKAGE)
+             if not f.startswith(("_", ".")) and (f.endswith(".py") or os.path.isdir(
+                 os.path.join(PACKAGE, f)))}
+    assert parts - set(LAYER_OF) == set()
+
+
+def test_imports_flow_one_way():
+    assert layer_violations() == []
+
+
+def test_an_upward_import_is_found(tmp_path):
+    pkg = tmp_path / "oneshot_d2"
+    (pkg / "data").mkdir(parents=True)
+    (pkg / "data" / "x.py").write_text("def f():\n    from ..inference.volume import Study\n")
+    (pkg / "utils").mkdir()
+    (pkg / "utils" / "y.py").write_text("from oneshot_d2.errors import DatasetError\n"
+                                        "from ..config import load_config\n")
+    found = layer_violations(str(pkg))
+    assert [v.split(": ", 1)[1] for v in found] == ["data -> inference", "utils -> config"]
