@@ -4,6 +4,8 @@ in the code it catches."""
 import json
 import logging
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -16,7 +18,7 @@ from oneshot_d2.utils.temp_names import (
     sibling_name,
     tmp_prefix,
 )
-from tests.common import dead_pid, other_host_tag
+from tests.common import REPO, dead_pid, other_host_tag
 
 
 def test_temporary_names_carry_host_and_pid(tmp_path):
@@ -85,3 +87,22 @@ def test_file_lock_is_exclusive(tmp_path):
     with file_lock(target, wait=False):
         pass
     assert os.listdir(tmp_path) == []
+
+
+def test_file_lock_without_fcntl(tmp_path):
+    """Where ``fcntl`` does not exist (Windows) the module still imports and locks through
+    filelock. Catches: an unguarded ``import fcntl``, or the fallback calling fcntl anyway."""
+    module = os.path.join(REPO, "oneshot_d2", "utils", "file_lock.py")
+    code = (
+        "import importlib.util, os, sys\n"
+        "sys.modules['fcntl'] = None  # import fcntl raises ImportError, as on Windows\n"
+        f"spec = importlib.util.spec_from_file_location('file_lock', {module!r})\n"
+        "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
+        "assert m.fcntl is None\n"
+        "with m.file_lock(sys.argv[1]) as path:\n"
+        "    assert os.path.exists(path), path\n"
+        "print('locked', path)\n")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "target")],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"locked {tmp_path / 'target'}.lock"
