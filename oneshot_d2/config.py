@@ -7,19 +7,22 @@ comment says so and docs/model.md's "paper vs code" table lists the option.
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 import re
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import torch
 import yaml
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
-from .errors import ConfigError
+from .errors import ConfigError, UsageError
 
-__all__ = ["add_oneshot_config", "ConfigError", "load_config", "config_keys", "CHOICES",
-           "check_choices", "ROI_PADDING_MODES", "SIEVE_ORDERS", "LOSS_REDUCTIONS", "COPY_MODES",
-           "EFFICIENTNET_NORMS", "OPTIMIZERS", "PIXEL_NORMS", "PATIENT_RULES", "NORMS"]
+__all__ = ["add_oneshot_config", "ConfigError", "load_config", "config_keys", "resolve_device",
+           "CHOICES", "check_choices", "ROI_PADDING_MODES", "SIEVE_ORDERS", "LOSS_REDUCTIONS",
+           "COPY_MODES", "EFFICIENTNET_NORMS", "OPTIMIZERS", "PIXEL_NORMS", "PATIENT_RULES",
+           "NORMS"]
 
 # The allowed values of the enumerated keys, declared here beside their defaults (one place);
 # load_config checks them once (check_choices), the modules that use a value check it again for
@@ -392,3 +395,26 @@ def load_config(config_file: str, opts: Sequence[str] = (), cfg: Optional[CN] = 
     _merge_list(cfg, opts)
     check_choices(cfg, "command line")
     return cfg
+
+
+def resolve_device(cfg: CN, requested: str = "") -> str:
+    """The tools' one CUDA policy; sets and returns ``cfg.MODEL.DEVICE``.
+
+    A device the user asks for by name (a tool's ``--device``) must exist here: a CUDA device
+    without a GPU is refused. A CUDA ``MODEL.DEVICE`` that comes from the config (the paper
+    configs keep Detectron2's ``"cuda"``) falls back to the CPU with a warning when no GPU is
+    present, in training, evaluation and prediction alike.
+
+    Raises:
+        UsageError: ``requested`` is a CUDA device and no GPU is available.
+    """
+    if requested:
+        if requested.startswith("cuda") and not torch.cuda.is_available():
+            raise UsageError(f"--device {requested!r}: no CUDA GPU is available here "
+                             "(use --device cpu)")
+        cfg.MODEL.DEVICE = requested
+    elif cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        logging.getLogger("oneshot_d2").warning(
+            "MODEL.DEVICE %r: CUDA is not available, running on the CPU", cfg.MODEL.DEVICE)
+        cfg.MODEL.DEVICE = "cpu"
+    return cfg.MODEL.DEVICE

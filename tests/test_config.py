@@ -147,3 +147,22 @@ def test_base_chain_is_at_most_three_files(path):
     while _base_of(chain[-1]):
         chain.append(_base_of(chain[-1]))
     assert len(chain) <= 3, [os.path.relpath(p, REPO) for p in chain]
+
+
+@pytest.mark.parametrize("gpu", [False, True])
+def test_one_cuda_policy(monkeypatch, gpu):
+    """A CUDA device from the config falls back to the CPU without a GPU; one asked for by name
+    (a tool's --device) is refused. Catches: a tool with its own, different rule again."""
+    from oneshot_d2.config import resolve_device
+    from oneshot_d2.errors import UsageError
+
+    monkeypatch.setattr("torch.cuda.is_available", lambda: gpu)
+    cfg = _cfg()
+    cfg.MODEL.DEVICE = "cuda"
+    assert resolve_device(cfg) == cfg.MODEL.DEVICE == ("cuda" if gpu else "cpu")
+    assert resolve_device(cfg, "cpu") == cfg.MODEL.DEVICE == "cpu"
+    if gpu:
+        assert resolve_device(cfg, "cuda") == "cuda"
+    else:
+        with pytest.raises(UsageError, match="--device 'cuda': no CUDA GPU"):
+            resolve_device(cfg, "cuda")

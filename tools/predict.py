@@ -25,11 +25,10 @@ import time
 from typing import List, Optional
 
 import oneshot_d2  # noqa: F401  isort: skip  (remedies before Detectron2; registers datasets)
-import torch
 from tqdm import tqdm
 
 from oneshot_d2.cli import EXIT_ERROR, add_debug_argument, error_message, run_cli
-from oneshot_d2.config import load_config
+from oneshot_d2.config import load_config, resolve_device
 from oneshot_d2.errors import OneShotError, UsageError
 from oneshot_d2.inference import (
     OneShotPredictor,
@@ -56,7 +55,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--output", required=True, metavar="DIR", help="output folder")
     p.add_argument("--batch-size", type=int, default=8, help="slices per forward pass (8)")
     p.add_argument("--device", choices=("cpu", "cuda"),
-                   help="default: the config's MODEL.DEVICE")
+                   help="default: the config's MODEL.DEVICE (a CUDA one falls back to the CPU "
+                        "when there is no GPU; --device cuda is refused then)")
     p.add_argument("--save-overlays", action="store_true",
                    help="one PNG per slice and a summary figure per study")
     p.add_argument("--save-nifti", action="store_true",
@@ -77,11 +77,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     cfg = load_config(args.config_file, args.opts)
-    if args.device:
-        cfg.MODEL.DEVICE = args.device
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"device {cfg.MODEL.DEVICE!r}: no CUDA GPU is available here "
-                         "(use --device cpu)")
+    resolve_device(cfg, args.device or "")  # --device cuda without a GPU: refused
     refs, errors = find_studies(args.input)
     failed = len(errors)
     for e in errors:

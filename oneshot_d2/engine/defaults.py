@@ -19,7 +19,7 @@ from detectron2.utils.logger import setup_logger
 
 from ..checkpoint import AtomicCheckpointer, check_complete_model, check_weights
 from ..compat import filter_known_warnings
-from ..config import ConfigError, load_config
+from ..config import ConfigError, load_config, resolve_device
 from ..data.build import check_image_classes
 from ..data.datasets.builtin import datasets_root, register_all_builtin
 from ..errors import DatasetKeyError
@@ -69,9 +69,7 @@ def build_config(args) -> CfgNode:
     cfg = load_config(args.config_file, args.opts)
     if cfg.OUTPUT_DIR == D2_DEFAULTS.OUTPUT_DIR:  # not set by the YAML nor the command line
         cfg.OUTPUT_DIR = default_output_dir(args.config_file)
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        logging.getLogger("oneshot_d2").warning("CUDA is not available: running on the CPU")
-        cfg.MODEL.DEVICE = "cpu"
+    resolve_device(cfg)  # a CUDA device without a GPU: the CPU, with a warning
     return cfg
 
 
