@@ -24,7 +24,8 @@ __all__ = ["add_oneshot_config", "ConfigError", "load_config", "config_keys", "r
            "COPY_MODES", "EFFICIENTNET_NORMS", "OPTIMIZERS", "PIXEL_NORMS", "PATIENT_RULES",
            "NORMS"]
 
-# The allowed values of the enumerated keys, declared here beside their defaults (one place);
+# The allowed values of the enumerated keys, declared once here (the defaults are set through
+# _choice, which checks them);
 # load_config checks them once (check_choices), the modules that use a value check it again for
 # configs built without load_config.
 ROI_PADDING_MODES = ("cyclic", "original")
@@ -37,21 +38,37 @@ PIXEL_NORMS = ("per_image", "mean_std")
 PATIENT_RULES = ("top_k_mean", "fraction")
 # Detectron2's get_norm names ("" = none)
 NORMS = ("", "BN", "SyncBN", "FrozenBN", "GN", "nnSyncBN", "naiveSyncBN", "naiveSyncBN_N", "LN")
-# key -> allowed values, filled by _choice as the defaults are set
-CHOICES: Dict[str, Tuple[str, ...]] = {}
+# enumerated key -> its allowed values; add_oneshot_config sets each default through _choice
+CHOICES: Dict[str, Tuple[str, ...]] = {
+    "MODEL.ONESHOT.ROI_PADDING": ROI_PADDING_MODES,
+    "MODEL.ONESHOT.IMAGE_HEAD.SIEVE_ORDER": SIEVE_ORDERS,
+    "MODEL.ONESHOT.IMAGE_HEAD.NORM": NORMS,
+    "MODEL.ONESHOT.IMAGE_HEAD.LOSS_REDUCTION": LOSS_REDUCTIONS,
+    "MODEL.ONESHOT.COPY.MODE": COPY_MODES,
+    "MODEL.EFFICIENTNET.NORM": EFFICIENTNET_NORMS,
+    "SOLVER.OPTIMIZER": OPTIMIZERS,
+    "SOLVER.IMAGE_HEAD_OPTIMIZER": ("",) + OPTIMIZERS,
+    "MODEL.PIXEL_NORM": PIXEL_NORMS,
+    "PREDICT.PATIENT_RULE": PATIENT_RULES,
+}
 
 
-def _choice(cfg: CN, key: str, default: str, allowed: Sequence[str]) -> None:
-    """Set ``key`` (dotted, e.g. ``"MODEL.PIXEL_NORM"``) to ``default`` and declare its allowed
-    values for :func:`check_choices`."""
-    if default not in allowed:
-        raise AssertionError(f"{key}: default {default!r} is not one of {tuple(allowed)}")
+def _parent(cfg: CN, key: str) -> Tuple[Optional[CN], str]:
+    """(the node holding dotted ``key``, its last part); the node is None when a part is
+    missing."""
     *path, last = key.split(".")
     node = cfg
     for part in path:
-        node = node[part]
+        node = node.get(part) if isinstance(node, CN) else None
+    return (node if isinstance(node, CN) else None), last
+
+
+def _choice(cfg: CN, key: str, default: str) -> None:
+    """Set the enumerated ``key`` to ``default``, one of its :data:`CHOICES`."""
+    if default not in CHOICES[key]:
+        raise AssertionError(f"{key}: default {default!r} is not one of {CHOICES[key]}")
+    node, last = _parent(cfg, key)
     node[last] = default
-    CHOICES[key] = tuple(allowed)
 
 
 def check_choices(cfg: CN, where: str = "") -> None:
@@ -62,17 +79,14 @@ def check_choices(cfg: CN, where: str = "") -> None:
         ConfigError: ``<where>: <KEY>: 'value' is not one of (...)``.
     """
     for key, allowed in CHOICES.items():
-        node = cfg
-        for part in key.split("."):
-            if not isinstance(node, CN) or part not in node:
-                break
-            node = node[part]
-        else:
-            if node not in allowed:
-                close = difflib.get_close_matches(str(node), [str(a) for a in allowed], n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                prefix = f"{where}: " if where else ""
-                raise ConfigError(f"{prefix}{key}: {node!r} is not one of {allowed}{hint}")
+        node, last = _parent(cfg, key)
+        if node is None or last not in node or node[last] in allowed:
+            continue
+        value = node[last]
+        close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        prefix = f"{where}: " if where else ""
+        raise ConfigError(f"{prefix}{key}: {value!r} is not one of {allowed}{hint}")
 
 
 def _add_oneshot_model_config(cfg: CN) -> None:
@@ -92,7 +106,7 @@ def _add_oneshot_model_config(cfg: CN) -> None:
     # Filling the RoI batch when fewer than beta boxes survive NMS: "cyclic" repeats the kept boxes
     # in score order (deterministic; a whole-image box when none survive); "original" repeats
     # them in random-length runs like the original code (non-deterministic at inference).
-    _choice(_C, "MODEL.ONESHOT.ROI_PADDING", "cyclic", ROI_PADDING_MODES)
+    _choice(_C, "MODEL.ONESHOT.ROI_PADDING", "cyclic")
     # Not in the papers: the first RoI of every batch is the whole slice, the other beta - 1
     # are selected as above, so the image head sees the slice's context beside its lesion
     # candidates (for sets whose label is the study's and whose slices may show no lesion,
@@ -105,7 +119,7 @@ def _add_oneshot_model_config(cfg: CN) -> None:
     # Mask sieve: N independent down/up stages (paper); the original reused one block N^2 times.
     _C.MODEL.ONESHOT.IMAGE_HEAD.SIEVE_STAGES = 3
     # Stage order: "paper" Conv s2 -> BN -> ConvT s2 -> ReLU; "code" Conv -> BN -> ReLU -> ConvT.
-    _choice(_C, "MODEL.ONESHOT.IMAGE_HEAD.SIEVE_ORDER", "paper", SIEVE_ORDERS)
+    _choice(_C, "MODEL.ONESHOT.IMAGE_HEAD.SIEVE_ORDER", "paper")
     # Normalisation in the sieve and vectorisation (Detectron2 names): "BN" (papers), "GN", ""...
     # "BN" normalises over the RoIs of all classification images of a step; with several
     # processes it is synchronised across them (naiveSyncBN), so replicas stay identical.
@@ -113,7 +127,7 @@ def _add_oneshot_model_config(cfg: CN) -> None:
     # RoIs it removes the slice-level mean of every channel in training but not at inference
     # (running statistics); the trainer refuses that setting. "GN" normalises each RoI alone:
     # identical in training and inference at any batch size (the CNCB paper configs, batch 1).
-    _choice(_C, "MODEL.ONESHOT.IMAGE_HEAD.NORM", "BN", NORMS)
+    _choice(_C, "MODEL.ONESHOT.IMAGE_HEAD.NORM", "BN")
     # A: number of affinities (columns of the affinity matrix W1), papers test 32..512.
     _C.MODEL.ONESHOT.IMAGE_HEAD.NUM_AFFINITIES = 128
     # Std of the normal init of the affinity matrix and vector (original code: 1, unscaled).
@@ -124,7 +138,7 @@ def _add_oneshot_model_config(cfg: CN) -> None:
     _C.MODEL.ONESHOT.IMAGE_HEAD.FC_DIM = 128
     # Per-class BCE on one-hot targets; reduction over classes: "sum" (paper eq. 7/10) or "mean"
     # (original code).
-    _choice(_C, "MODEL.ONESHOT.IMAGE_HEAD.LOSS_REDUCTION", "sum", LOSS_REDUCTIONS)
+    _choice(_C, "MODEL.ONESHOT.IMAGE_HEAD.LOSS_REDUCTION", "sum")
     # w in L = L_seg + w * L_img (papers: 1).
     _C.MODEL.ONESHOT.IMAGE_HEAD.LOSS_WEIGHT = 1.0
     # Factor on the image loss's gradient that reaches the backbone through the RoI features
@@ -142,7 +156,7 @@ def _add_oneshot_model_config(cfg: CN) -> None:
     _C.MODEL.ONESHOT.COPY.ENABLED = True
     # "best": when the smoothed segmentation loss improves on the best so far (papers);
     # "previous": when it improves on the previous iteration (LSTM code); "period": every PERIOD.
-    _choice(_C, "MODEL.ONESHOT.COPY.MODE", "best", COPY_MODES)
+    _choice(_C, "MODEL.ONESHOT.COPY.MODE", "best")
     _C.MODEL.ONESHOT.COPY.PERIOD = 100
     # Window (iterations) of the median used to smooth the summed segmentation loss; 1 = raw.
     _C.MODEL.ONESHOT.COPY.SMOOTHING_WINDOW = 20
@@ -171,7 +185,7 @@ def _add_efficientnet_config(cfg: CN) -> None:
     # MODEL.FPN.IN_FEATURES instead.
     _C.MODEL.EFFICIENTNET.OUT_FEATURES = ["stage2", "stage3", "stage4", "stage5"]
     # "FrozenBN" (Detectron2's default for pretrained trunks), "BN" or "SyncBN".
-    _choice(_C, "MODEL.EFFICIENTNET.NORM", "FrozenBN", EFFICIENTNET_NORMS)
+    _choice(_C, "MODEL.EFFICIENTNET.NORM", "FrozenBN")
     # Stochastic depth of the blocks (timm's drop_path_rate; 0 = none).
     _C.MODEL.EFFICIENTNET.DROP_PATH_RATE = 0.0
 
@@ -196,18 +210,18 @@ def _add_data_config(cfg: CN) -> None:
     # Classification images per iteration (all processes), beside SOLVER.IMS_PER_BATCH.
     _C.SOLVER.CLS_IMS_PER_BATCH = 2
     # "SGD" (Detectron2's default), "Adam" or "AdamW" (papers: Adam, lr 1e-5, weight decay 1e-3).
-    _choice(_C, "SOLVER.OPTIMIZER", "SGD", OPTIMIZERS)
+    _choice(_C, "SOLVER.OPTIMIZER", "SGD")
     _C.SOLVER.ADAM_BETAS = (0.9, 0.999)
     # Learning-rate factor of the image head's parameters (papers: 1, one rate for the whole
     # network). The schedule (warm-up, steps) scales both rates alike.
     _C.SOLVER.IMAGE_HEAD_LR_FACTOR = 1.0
     # Optimizer of the image head: "" = SOLVER.OPTIMIZER (papers: one Adam for everything);
     # "Adam" beside SOLVER.OPTIMIZER "SGD" trains the head with Adam, the detector with SGD.
-    _choice(_C, "SOLVER.IMAGE_HEAD_OPTIMIZER", "", ("",) + OPTIMIZERS)
+    _choice(_C, "SOLVER.IMAGE_HEAD_OPTIMIZER", "")
     # Input normalisation of CTRCNN (plain Mask R-CNN baseline) and OneShotRCNN alike:
     # "per_image" z-scores every image per channel with its own mean / std (the papers' "global
     # mean / std" is per image); "mean_std" uses MODEL.PIXEL_MEAN / PIXEL_STD as Detectron2 does.
-    _choice(_C, "MODEL.PIXEL_NORM", "per_image", PIXEL_NORMS)
+    _choice(_C, "MODEL.PIXEL_NORM", "per_image")
     _C.register_renamed_key(
         "INPUT.PER_IMAGE_STANDARDIZE", "MODEL.PIXEL_NORM",
         message="INPUT.PER_IMAGE_STANDARDIZE True/False is now MODEL.PIXEL_NORM "
@@ -261,7 +275,7 @@ def _add_predict_config(cfg: CN) -> CN:
     #   hides them, while the top-k mean needs k slices to agree rather than one (max).
     # "fraction": each class scores the fraction of slices predicted as it; the study is the
     #   highest non-negative class when that fraction reaches PATIENT_MIN_FRACTION.
-    _choice(_C, "PREDICT.PATIENT_RULE", "top_k_mean", PATIENT_RULES)
+    _choice(_C, "PREDICT.PATIENT_RULE", "top_k_mean")
     _C.PREDICT.PATIENT_TOP_K = 5
     _C.PREDICT.PATIENT_THRESH = 0.5
     _C.PREDICT.PATIENT_MIN_FRACTION = 0.1
