@@ -85,7 +85,7 @@ def test_imports_flow_one_way():
 def test_an_upward_import_is_found(tmp_path):
     pkg = tmp_path / "oneshot_d2"
     (pkg / "data").mkdir(parents=True)
-    (pkg / "data" / "x.py").write_text("def f():\n    from ..inference.volume import Study\n")
+    (pkg / "data" / "x.py").write_text("def f():\n    from ..inference.study import Study\n")
     (pkg / "utils").mkdir()
     (pkg / "utils" / "y.py").write_text("from oneshot_d2.errors import DatasetError\n"
                                         "from ..config import load_config\n")

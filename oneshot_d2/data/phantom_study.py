@@ -3,7 +3,7 @@ as a DICOM series and as a NIfTI volume -- the input of ``make predict-demo`` an
 tests (readers, burden arithmetic against the phantom's own masks).
 
 Slices are in display orientation (rows anterior -> posterior, columns patient right -> left),
-ordered inferior -> superior, like :mod:`oneshot_d2.inference.volume`.
+ordered inferior -> superior, like :mod:`oneshot_d2.inference.study`.
 """
 from __future__ import annotations
 

@@ -8,13 +8,13 @@
   burden; :func:`write_study`: the study's outputs, written atomically.
 """
 from ..errors import StudyError
+from .discovery import StudyRef, find_studies
 from .lung_mask import lung_mask
 from .outputs import study_summary_row, write_run_tables, write_study
 from .predictor import OneShotPredictor, SlicePrediction
-from .readers import StudyRef, find_studies
 from .report import lesion_burden, patient_result
-from .study import StudyPrediction, model_slices, predict_study, study_report
-from .volume import Study
+from .study import Study
+from .study_prediction import StudyPrediction, model_slices, predict_study, study_report
 
 __all__ = ["OneShotPredictor", "SlicePrediction", "Study", "StudyError", "StudyRef",
            "StudyPrediction", "find_studies", "lesion_burden", "lung_mask", "model_slices",

@@ -37,7 +37,7 @@ from ..utils.file_lock import file_lock
 from ..utils.temp_names import tmp_prefix
 from .overlays import key_slices, slice_overlay, summary_figure
 from .report import negative_class_index
-from .study import REPORT_TOOL, StudyPrediction
+from .study_prediction import REPORT_TOOL, StudyPrediction
 
 __all__ = ["write_study", "write_run_tables", "is_predict_folder", "csv_text", "study_summary_row"]
 

@@ -1,189 +1,158 @@
-"""One study through the predictor: windowing, batched prediction, lesion label volume, per-slice
-rows, patient-level result, lesion burden and the report dictionary."""
+"""The :class:`Study` container of the predict feature: one CT study (a DICOM series, a NIfTI
+volume or image slices) as slices in the display orientation of the training data, with its
+geometry, and the way back from a label volume to the input's geometry.
+
+Display orientation and its map to RAS+ NIfTI arrays: :mod:`oneshot_d2.data.orientation`.
+"""
 from __future__ import annotations
 
-import datetime
-import time
+import math
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import numpy as np
-from detectron2.config import CfgNode
 
-from ..data.transforms import lung_window
-from ..version import __version__
-from .lung_mask import lung_mask
-from .predictor import OneShotPredictor, SlicePrediction
-from .report import lesion_burden, lesion_label_map, patient_result, slice_row
-from .volume import Study
+from ..data.orientation import display_to_canonical
 
-__all__ = ["StudyPrediction", "model_slices", "predict_study", "study_report", "REPORT_TOOL"]
+if TYPE_CHECKING:  # pragma: no cover
+    import nibabel
 
-REPORT_TOOL = "oneshot_d2 tools/predict.py"
+__all__ = ["Study", "NiftiLayout", "KINDS", "OBLIQUE_LIMIT_DEG",
+           "axis_angles", "display_positions"]
 
-
-def model_slices(study: Study, hu_window) -> np.ndarray:
-    """The study's slices as the model's 8-bit input: Hounsfield units through the training
-    window (``INPUT.HU_WINDOW`` = (width, level)); 8-bit slices as they are.
-
-    Returns:
-        (N, H, W) uint8.
-    """
-    if study.is_hu:
-        width, level = (float(v) for v in hu_window)
-        return lung_window(study.pixels, width=width, level=level)
-    return np.asarray(study.pixels, dtype=np.uint8)
+KINDS = ("dicom", "nifti", "image")
+# Largest angle (degrees) between a voxel axis and the nearest patient axis that still counts
+# as an axial acquisition; more is refused (the model was trained on axial slices).
+OBLIQUE_LIMIT_DEG = 5.0
 
 
-def _explanation_weights(pred: SlicePrediction) -> Optional[np.ndarray]:
-    """The image head's weight of each RoI of the batch (affinity ``roi_weights``, LSTM
-    ``attention_pos``), or ``None``."""
-    expl = pred.get("image_cls_explanation") or {}
-    for key in ("roi_weights", "attention_pos"):
-        if key in expl:
-            return np.asarray(expl[key], dtype=np.float32).reshape(-1)
-    return None
-
-
-@dataclass
-class StudyPrediction:
-    """A study's predictions.
+@dataclass(eq=False)
+class NiftiLayout:
+    """What :meth:`Study.label_volume_image` needs to write labels in a NIfTI input's layout.
 
     Attributes:
-        study: the input study.
-        images: (N, H, W) uint8 slices the model saw (before its own resize).
-        probs: (N, C) slice class probabilities, ``None`` for a model without slice classes.
-        labels: (N, H, W) uint8 lesion label volume (0 background, ``k + 1`` class ``k``).
-        lesion_counts: (N, K) lesions kept per slice and lesion class.
-        roi_boxes / roi_weights: per slice, the RoI batch (beta, 4) and the head's weight of
-            each RoI (beta,) (``None`` when the model has no RoI batch).
-        lung: (N, H, W) bool classical lung mask (HU inputs), else ``None``.
-        seconds: wall time per stage.
+        shape: the input's array shape (3 or 4 axes, the 4th of length 1).
+        affine: (4, 4) the input's affine (``img.affine``).
+        header: a copy of the input's header (qform / sform and their codes, units...).
+        ornt: (3, 2) ``nib.orientations.io_orientation(affine)``: input axes -> RAS+ axes.
     """
 
-    study: Study
-    images: np.ndarray
-    probs: Optional[np.ndarray]
-    labels: np.ndarray
-    lesion_counts: np.ndarray
-    roi_boxes: List[Optional[np.ndarray]] = field(default_factory=list)
-    roi_weights: List[Optional[np.ndarray]] = field(default_factory=list)
-    lung: Optional[np.ndarray] = None
-    seconds: Dict[str, float] = field(default_factory=dict)
+    shape: Tuple[int, ...]
+    affine: np.ndarray
+    header: Any
+    ornt: np.ndarray
 
 
-def predict_study(predictor: OneShotPredictor, study: Study,
-                  progress: Optional[Callable[[int], None]] = None) -> StudyPrediction:
-    """Run ``predictor`` over every slice of ``study``.
 
-    Args:
-        predictor: the model (its config's ``INPUT.HU_WINDOW``, ``PREDICT.*`` apply).
-        study: slices in display orientation.
-        progress: called with 1 after each slice (e.g. ``tqdm.update``).
+def axis_angles(directions: np.ndarray) -> List[float]:
+    """Angle (degrees) between each column of ``directions`` (3, n) and its nearest patient
+    axis (x, y or z, either sign)."""
+    out = []
+    for v in np.asarray(directions, dtype=np.float64).T:
+        norm = float(np.linalg.norm(v))
+        cos = float(np.max(np.abs(v))) / norm if norm > 0 else 0.0
+        out.append(math.degrees(math.acos(min(1.0, cos))))
+    return out
+
+
+def display_positions(affine: np.ndarray, n: int) -> np.ndarray:
+    """(n,) float64 slice positions (mm) of a display volume: the projection of each slice's
+    origin on the unit slice axis of ``affine`` (increasing with k)."""
+    a = np.asarray(affine, dtype=np.float64)
+    axis = a[:3, 2] / np.linalg.norm(a[:3, 2])
+    origins = a[:3, 3][None, :] + np.arange(n)[:, None] * a[:3, 2][None, :]
+    return origins @ axis
+
+
+@dataclass(eq=False)
+class Study:
+    """One CT study ready for the predictor.
+
+    Attributes:
+        name: unique, file-system-safe study name (the output folder name).
+        source: the input path (file or folder) it came from.
+        kind: ``"dicom"``, ``"nifti"`` or ``"image"``.
+        pixels: (N, H, W) slices in display orientation (module docstring): float32 Hounsfield
+            units when ``is_hu``, else uint8 already windowed.
+        is_hu: whether ``pixels`` holds Hounsfield units.
+        spacing: (row spacing, column spacing, slice spacing) in mm; ``None`` when unknown
+            (plain image files). Slice spacing: median distance between consecutive slice
+            positions, or SliceThickness / pixdim[3] for a single slice.
+        positions: (N,) float64 slice positions along the slice normal (oriented inferior ->
+            superior, increasing with k) in mm; ``None`` when unknown.
+        slice_labels: per slice, its source file name, or ``"slice 12"`` for volumes (the
+            0-based slice index in the input file's own voxel order).
+        affine: (4, 4) RAS+ affine of the display volume laid out as
+            ``pixels.transpose(2, 1, 0)`` (array[column, row, slice]); image files without
+            geometry: the identity.
+        meta: JSON-serialisable geometry / identity read from the input (modality, ids,
+            orientation, rescale, shape, spacing, axis codes...).
+        nifti_layout: the NIfTI input's layout (:class:`NiftiLayout`), ``None`` otherwise.
     """
-    cfg = predictor.cfg
-    t0 = time.perf_counter()
-    images = model_slices(study, cfg.INPUT.HU_WINDOW)
-    n, height, width = images.shape
-    num_lesion = len(predictor.lesion_classes)
-    labels = np.zeros((n, height, width), np.uint8)
-    counts = np.zeros((n, num_lesion), np.int64)
-    probs: List[np.ndarray] = []
-    boxes: List[Optional[np.ndarray]] = []
-    weights: List[Optional[np.ndarray]] = []
-    thresh = cfg.PREDICT.LESION_SCORE_THRESH
-    t1 = time.perf_counter()
-    for i, pred in enumerate(predictor.predict(images)):
-        if "image_cls" in pred:
-            probs.append(pred["image_cls"])
-        inst = pred.get("instances")
-        if inst is not None and len(inst) and inst.has("pred_masks"):
-            scores = inst.scores.numpy()
-            classes = inst.pred_classes.numpy()
-            labels[i] = lesion_label_map(inst.pred_masks.numpy().astype(bool), classes, scores,
-                                         thresh)
-            kept = classes[scores >= thresh]
-            counts[i] = np.bincount(kept, minlength=num_lesion)[:num_lesion]
-        boxes.append(pred.get("image_cls_boxes"))
-        weights.append(_explanation_weights(pred))
-        if progress is not None:
-            progress(1)
-    t2 = time.perf_counter()
-    lung = (lung_mask(study.pixels, cfg.PREDICT.LUNG_HU_THRESH)
-            if study.is_hu and num_lesion else None)
-    t3 = time.perf_counter()
-    return StudyPrediction(
-        study=study, images=images, probs=np.stack(probs) if probs else None, labels=labels,
-        lesion_counts=counts, roi_boxes=boxes, roi_weights=weights, lung=lung,
-        seconds={"window": t1 - t0, "model": t2 - t1, "lung_mask": t3 - t2})
 
+    name: str
+    source: str
+    kind: str
+    pixels: np.ndarray
+    is_hu: bool
+    spacing: Optional[Tuple[float, float, float]]
+    positions: Optional[np.ndarray]
+    slice_labels: List[str]
+    affine: np.ndarray
+    meta: Dict[str, Any] = field(default_factory=dict)
+    nifti_layout: Optional[NiftiLayout] = field(default=None, repr=False)
 
-def _jsonable(value):
-    """NumPy scalars / arrays and tuples as plain JSON values."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value
+    @property
+    def num_slices(self) -> int:
+        return int(self.pixels.shape[0])
 
+    def label_volume_image(self, labels: np.ndarray) -> "nibabel.Nifti1Image":
+        """A label volume as a NIfTI image in the input's geometry (save it with
+        ``nibabel.save``).
 
-def study_report(pred: StudyPrediction, predictor: OneShotPredictor,
-                 config_file: str = "") -> Dict:
-    """The ``report.json`` dictionary of a study (docs/predict.md)."""
-    cfg: CfgNode = predictor.cfg
-    study = pred.study
-    spacing = study.spacing
-    pixel_area = spacing[0] * spacing[1] if spacing is not None else None
-    positions = study.positions
-    rows = [slice_row(study.name, i, study.slice_labels[i],
-                      None if positions is None else positions[i],
-                      None if pred.probs is None else pred.probs[i], predictor.image_classes,
-                      pred.labels[i], pred.lesion_counts[i], predictor.lesion_classes,
-                      pixel_area)
-            for i in range(len(pred.labels))]
-    patient = None
-    if pred.probs is not None:
-        p = cfg.PREDICT
-        patient = patient_result(pred.probs, predictor.image_classes, p.PATIENT_RULE,
-                                 p.PATIENT_TOP_K, p.PATIENT_THRESH, p.PATIENT_MIN_FRACTION,
-                                 p.NEGATIVE_CLASS)
-    burden = None
-    if predictor.lesion_classes:
-        burden = lesion_burden(pred.labels, predictor.lesion_classes, spacing, pred.lung)
-        burden["lesion_score_thresh"] = cfg.PREDICT.LESION_SCORE_THRESH
-        burden["lung_mask"] = (
-            f"classical: HU < {cfg.PREDICT.LUNG_HU_THRESH}, outside air removed, largest "
-            "components, holes filled; plus lesion voxels" if pred.lung is not None
-            else "none: the input has no Hounsfield units")
-        burden["per_slice_ml"] = (
-            None if spacing is None else
-            [float(np.count_nonzero(s)) * spacing[0] * spacing[1] * spacing[2] / 1000.0
-             for s in pred.labels])
-    return _jsonable({
-        "tool": REPORT_TOOL, "version": __version__,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "study": study.name, "source": study.source, "kind": study.kind,
-        "geometry": {"slices": int(study.pixels.shape[0]),
-                     "rows": int(study.pixels.shape[1]), "columns": int(study.pixels.shape[2]),
-                     "spacing_mm": None if spacing is None else list(spacing),
-                     "hounsfield_units": bool(study.is_hu),
-                     "hu_window": list(cfg.INPUT.HU_WINDOW) if study.is_hu else None,
-                     "affine_ras": study.affine, "read": study.meta},
-        "model": {"config_file": config_file, "weights": cfg.MODEL.WEIGHTS,
-                  "meta_architecture": cfg.MODEL.META_ARCHITECTURE,
-                  "image_head": cfg.MODEL.ONESHOT.IMAGE_HEAD.NAME,
-                  "device": cfg.MODEL.DEVICE, "batch_size": predictor.batch_size,
-                  "input_size": [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST],
-                  "image_classes": predictor.image_classes,
-                  "lesion_classes": predictor.lesion_classes},
-        "patient": patient,
-        "burden": burden,
-        "seconds": pred.seconds,
-        "slices": rows,
-    })
+        Args:
+            labels: (N, H, W) integer labels (0..255) in display orientation, the shape of
+                ``pixels``.
+
+        Returns:
+            uint8 ``Nifti1Image``: for a NIfTI input, the input's array shape, axis order,
+            affine and qform / sform codes (the canonical reorientation undone); for DICOM,
+            ``labels`` laid out as ``array[column, row, slice]`` with :attr:`affine` (from
+            ImagePositionPatient / ImageOrientationPatient / PixelSpacing, LPS -> RAS), qform
+            and sform codes 1 (scanner); for images, the same layout with :attr:`affine`.
+
+        Raises:
+            ValueError: ``labels`` does not have the shape of ``pixels`` or values outside
+                0..255.
+        """
+        import nibabel as nib
+
+        labels = np.asarray(labels)
+        if labels.shape != self.pixels.shape:
+            raise ValueError(f"{self.name}: label volume shape {labels.shape} differs from the "
+                             f"study's {self.pixels.shape} (N, H, W)")
+        if labels.size and (labels.min() < 0 or labels.max() > 255):
+            raise ValueError(f"{self.name}: labels must be in 0..255, got "
+                             f"{labels.min()}..{labels.max()}")
+        labels = labels.astype(np.uint8)
+        layout = self.nifti_layout
+        if layout is not None:
+            canonical = display_to_canonical(labels)
+            to_input = nib.orientations.ornt_transform(
+                nib.orientations.axcodes2ornt(("R", "A", "S")), layout.ornt)
+            data = nib.orientations.apply_orientation(canonical, to_input)
+            data = np.ascontiguousarray(data).reshape(layout.shape)
+            header = layout.header.copy()
+            header.set_data_dtype(np.uint8)
+            # affine None: the header's own qform / sform (and their codes) stay as they were
+            img = nib.Nifti1Image(data, None, header)
+            img.header.set_slope_inter(1.0, 0.0)
+            img.header["cal_min"], img.header["cal_max"] = 0, 0
+            return img
+        img = nib.Nifti1Image(np.ascontiguousarray(labels.transpose(2, 1, 0)), self.affine)
+        img.header.set_data_dtype(np.uint8)
+        img.header.set_xyzt_units("mm")
+        if self.kind == "dicom":
+            img.set_qform(self.affine, code=1)
+            img.set_sform(self.affine, code=1)
+        return img

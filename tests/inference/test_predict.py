@@ -34,7 +34,7 @@ from oneshot_d2.inference import (
     patient_result,
 )
 from oneshot_d2.inference.report import lesion_label_map, negative_class_index
-from oneshot_d2.inference.study import model_slices
+from oneshot_d2.inference.study_prediction import model_slices
 from tests.common import AFFINITY_QUICK, REPO, TINY, make_cfg, seeded_model
 
 PREDICT = os.path.join(REPO, "tools", "predict.py")

@@ -1,6 +1,7 @@
-"""Study readers of the predict feature (oneshot_d2.inference.readers / volume): DICOM series,
-NIfTI volumes and image slices in display orientation and Hounsfield units, their geometry,
-the way back to the input's geometry, and one-line errors for bad inputs. CPU, offline, fast.
+"""Study discovery and readers of the predict feature (oneshot_d2.inference.discovery, readers,
+study): DICOM series, NIfTI volumes and image slices in display orientation and Hounsfield
+units, their geometry, the way back to the input's geometry, and one-line errors for bad
+inputs. CPU, offline, fast.
 
 Each test names, in a comment, the one-line slip it catches."""
 import json
@@ -21,16 +22,15 @@ from oneshot_d2.data.phantom import render_slice, sample_anatomy
 from oneshot_d2.data.phantom_dataset import PhantomSpec, _write_nifti
 from oneshot_d2.data.transforms import lung_window
 from oneshot_d2.errors import StudyError
+from oneshot_d2.inference.discovery import StudyRef, find_studies
 from oneshot_d2.inference.readers import (
     PNG_HU_OFFSET,
     SUPPORTED,
-    StudyRef,
-    find_studies,
     load_dicom_series,
     load_nifti,
     natural_key,
 )
-from oneshot_d2.inference.volume import Study
+from oneshot_d2.inference.study import Study
 
 SIZE, N = 64, 5
 ROW_SP, COL_SP, STEP, THICK = 0.7, 0.8, 2.0, 2.5  # all different: a swap shows
@@ -561,7 +561,7 @@ def test_find_studies_mixed_inputs(tmp_path, caplog):
     text.write_text("hello")
     missing = tmp_path / "missing"
     paths = [str(p) for p in (missing, mixed, empty, garbage, bare, text, niftis)]
-    with caplog.at_level(logging.WARNING, logger="oneshot_d2.inference.readers"):
+    with caplog.at_level(logging.WARNING, logger="oneshot_d2.inference"):
         refs, errors = find_studies(paths)
     assert [r.name for r in refs] == ["PAT01_3", "PAT01_12345678", "PAT01_7", "a", "a-2",
                                       "my_scan__1_"]
@@ -596,3 +596,56 @@ def test_dicom_label_volume_image(tmp_path):
                                atol=1e-4)
     with pytest.raises(ValueError):
         study.label_volume_image(labels[:2])
+
+
+# ---------------------------------------------------------------------------------------------
+# the reader registry
+def test_registry_order_and_claims(tmp_path):
+    # catches: readers registered in another order (a folder's studies listed differently), a
+    # file claimed by content before its extension is looked at, or the DICM sniff dropped
+    from oneshot_d2.inference.readers import READERS, reader_for
+
+    assert list(READERS) == ["dicom", "nifti", "image"]
+    bare = tmp_path / "IM0001"
+    bare.write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 16)
+    png_with_preamble = tmp_path / "x.png"
+    png_with_preamble.write_bytes(b"\0" * 128 + b"DICM")
+    assert reader_for(str(bare)).kind == "dicom"
+    assert reader_for(str(png_with_preamble)).kind == "image"
+    assert reader_for(str(tmp_path / "a.NII.GZ")).kind == "nifti"
+    assert reader_for(str(tmp_path / "notes.txt")) is None
+
+
+def test_a_registered_reader_is_used_by_discovery_and_load(tmp_path, monkeypatch):
+    # catches: discovery or StudyRef.load bypassing the registry (a new format would need
+    # edits in discovery), or the options not handed to the reader
+    from collections import OrderedDict
+
+    from oneshot_d2.inference import discovery
+    from oneshot_d2.inference.readers import READERS, ReadOptions, StudyReader
+
+    seen = {}
+
+    class NpyReader(StudyReader):
+        kind, extensions, description = "npy", (".npy",), "NumPy (.npy)"
+
+        def group(self, files, source, given_directly, errors):
+            return [(os.path.basename(p)[:-4], p, [p]) for p in files]
+
+        def load(self, files, name=None, source=None, options=None):
+            seen["options"] = options
+            return Study(name=name, source=source, kind="npy", pixels=np.load(files[0]),
+                         is_hu=True, spacing=None, positions=None, slice_labels=["0"],
+                         affine=np.eye(4), meta={})
+
+    registry = OrderedDict(READERS)
+    registry["npy"] = NpyReader()
+    monkeypatch.setattr(discovery, "READERS", registry)
+    monkeypatch.setattr("oneshot_d2.inference.readers.base.READERS", registry)
+    np.save(tmp_path / "vol.npy", np.zeros((1, 4, 4), np.float32))
+    (tmp_path / "notes.txt").write_text("x")
+    refs, errors = discovery.find_studies([str(tmp_path)])
+    assert [(r.name, r.kind) for r in refs] == [("vol", "npy")] and errors == []
+    study = refs[0].load(png_hu_offset=7)
+    assert study.pixels.shape == (1, 4, 4) and isinstance(seen["options"], ReadOptions)
+    assert seen["options"].png_hu_offset == 7
