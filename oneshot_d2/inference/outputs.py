@@ -24,17 +24,14 @@ import io
 import json
 import logging
 import os
-import shutil
-import tempfile
 from typing import Dict, List, Optional, Sequence
 
 import cv2
 import numpy as np
 
 from ..errors import StudyError
-from ..utils.file_io import atomic_write_text, file_mode, recover_replaced_folder, replace_folder
-from ..utils.file_lock import file_lock
-from ..utils.temp_names import tmp_prefix
+from ..utils.file_io import atomic_write_text
+from ..utils.managed_folder import foreign_entry, locked_folder, new_folder_version
 from .overlays import key_slices, slice_overlay, summary_figure
 from .report import negative_class_index
 from .study_prediction import REPORT_TOOL, StudyPrediction
@@ -67,15 +64,11 @@ def csv_text(rows: Sequence[Dict]) -> str:
 
 
 def _check_replaceable(folder: str) -> None:
-    if not os.path.lexists(folder):
-        return
-    if os.path.isdir(folder) and not os.path.islink(folder) and (
-            not os.listdir(folder) or is_predict_folder(folder)):
-        return
-    what = "folder" if os.path.isdir(folder) else "file"
-    raise StudyError(f"{folder}: refusing to replace this {what}: it was not written by "
-                     "tools/predict.py (no report.json of it); move it away or choose another "
-                     "--output")
+    what = foreign_entry(folder, is_predict_folder)
+    if what is not None:
+        raise StudyError(f"{folder}: refusing to replace this {what}: it was not written by "
+                         "tools/predict.py (no report.json of it); move it away or choose "
+                         "another --output")
 
 
 def _write_pictures(tmp: str, pred: StudyPrediction, report: Dict, image_classes: List[str],
@@ -136,12 +129,9 @@ def write_study(out_root: str, pred: StudyPrediction, report: Dict, config_yaml:
 
     name = pred.study.name
     folder = os.path.join(out_root, name)
-    with file_lock(folder):
-        recover_replaced_folder(folder, is_predict_folder, "prediction")
+    with locked_folder(folder, is_predict_folder, "prediction"):
         _check_replaceable(folder)
-        tmp = tempfile.mkdtemp(prefix=tmp_prefix(name), dir=out_root)
-        try:
-            os.chmod(tmp, file_mode(folder=True))
+        with new_folder_version(folder, kill_stage="predict") as tmp:
             with open(os.path.join(tmp, "slices.csv"), "w", encoding="utf-8") as f:
                 f.write(csv_text(report["slices"]))
             with open(os.path.join(tmp, "config.yaml"), "w", encoding="utf-8") as f:
@@ -153,10 +143,6 @@ def write_study(out_root: str, pred: StudyPrediction, report: Dict, config_yaml:
                 _write_pictures(tmp, pred, report, image_classes, lesion_classes)
             with open(os.path.join(tmp, "report.json"), "w", encoding="utf-8") as f:
                 json.dump(report, f, indent=1)  # last: it marks the folder complete
-            replace_folder(tmp, folder, kill_stage="predict")
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
     return folder
 
 

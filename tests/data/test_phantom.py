@@ -137,7 +137,7 @@ def test_interrupted_write_leaves_nothing(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("interrupted")
 
-    monkeypatch.setattr(phantom_dataset, "_write_classification", boom)
+    monkeypatch.setattr(phantom_dataset, "write_classification", boom)
     with pytest.raises(RuntimeError):
         write_phantom_dataset(str(tmp_path / "p"), PhantomSpec(size=64, seg_train=1, seg_test=1))
     assert os.listdir(tmp_path) == []

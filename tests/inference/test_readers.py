@@ -19,7 +19,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from oneshot_d2.data.orientation import display_to_canonical
 from oneshot_d2.data.phantom import render_slice, sample_anatomy
-from oneshot_d2.data.phantom_dataset import PhantomSpec, _write_nifti
+from oneshot_d2.data.phantom_layout import PhantomSpec, write_patient_nifti
 from oneshot_d2.data.transforms import lung_window
 from oneshot_d2.errors import StudyError
 from oneshot_d2.inference.discovery import StudyRef, find_studies
@@ -235,11 +235,11 @@ def test_pydicom_ct_small():
 # ---------------------------------------------------------------------------------------------
 # NIfTI
 def test_nifti_phantom_volume_exact_display_slices(tmp_path):
-    # catches: the RAS array shown without the flip / transpose (the inverse of _write_nifti)
+    # catches: the RAS array shown without the flip / transpose (the inverse of write_patient_nifti)
     slices = _phantom(n=4)
     os.makedirs(tmp_path / "nifti")
     spec = PhantomSpec(size=SIZE, slice_thickness_mm=5.0)
-    _write_nifti(str(tmp_path), 42, slices, spec)
+    write_patient_nifti(str(tmp_path), 42, slices, spec)
     refs, errors = find_studies([str(tmp_path / "nifti" / "42_ct.nii.gz")])
     assert errors == [] and [r.name for r in refs] == ["42_ct"]
     study = refs[0].load()
