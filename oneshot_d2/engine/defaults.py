@@ -21,7 +21,7 @@ from ..checkpoint import AtomicCheckpointer, check_complete_model, check_weights
 from ..compat import filter_known_warnings
 from ..config import ConfigError, load_config, resolve_device
 from ..data.build import check_image_classes
-from ..data.datasets.builtin import datasets_root, register_all_builtin
+from ..data.datasets.builtin import builtin_not_prepared, datasets_root, register_all_builtin
 from ..errors import DatasetKeyError
 from ..utils.file_io import make_folder
 from .checks import (
@@ -39,14 +39,20 @@ logger = logging.getLogger(__name__)
 
 
 def check_datasets(names: Iterable[str]) -> None:
-    """Raise a clear error for dataset names that are not registered."""
+    """Raise a clear error for dataset names that are not registered, and for predefined ones
+    whose files are not prepared (:func:`builtin_not_prepared`)."""
+    names = list(dict.fromkeys(names))
     missing = [n for n in names if n not in DatasetCatalog.list()]
     if missing:
         raise DatasetKeyError(
-            f"dataset(s) {missing} are not registered. Predefined datasets register when their "
-            f"files exist under $DETECTRON2_DATASETS (now {datasets_root()!r}): run "
-            "`python datasets/prepare_phantom.py` for the phantom data or see datasets/README.md; "
-            "register your own with oneshot_d2.data.datasets.register_ct_seg / register_ct_cls.")
+            f"dataset(s) {missing} are not registered. The predefined datasets are listed in "
+            "datasets/README.md (their files under $DETECTRON2_DATASETS, now "
+            f"{datasets_root()!r}); register your own with oneshot_d2.data.datasets."
+            "register_ct_seg / register_ct_cls.")
+    unprepared = [(n, r) for n in names if (r := builtin_not_prepared(n)) is not None]
+    if unprepared:
+        raise DatasetKeyError("; ".join(f"dataset {n!r} is not prepared: {r}"
+                                        for n, r in unprepared))
 
 
 def default_output_dir(config_file: str) -> str:

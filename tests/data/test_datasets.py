@@ -129,7 +129,7 @@ def test_register_covidx_and_seg(phantom_root, unique_name):
     assert meta.evaluator_type == "coco" and meta.thing_classes == ["lesion"]
 
 
-def test_builtin_layout_registration(phantom_root, unique_name):
+def test_builtin_layout_registration(phantom_root, unique_name, tmp_path, monkeypatch):
     names = register_cncb_layout(phantom_root, unique_name)
     assert sorted(names) == sorted(
         [f"{unique_name}_seg_{s}" for s in ("train", "test")]
@@ -139,5 +139,8 @@ def test_builtin_layout_registration(phantom_root, unique_name):
     assert MetadataCatalog.get(f"{unique_name}_seg_sep_train").thing_classes == [
         "GGO", "consolidation"]
     check_datasets(names)
-    with pytest.raises(KeyError, match="prepare_phantom"):
+    with pytest.raises(KeyError, match="not registered.*datasets/README.md"):
         check_datasets(["no_such_dataset"])
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))  # nothing prepared there
+    with pytest.raises(KeyError, match="'phantom_cls_val' is not prepared.*prepare_phantom"):
+        check_datasets(names + ["phantom_cls_val"])

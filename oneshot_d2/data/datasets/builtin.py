@@ -13,29 +13,37 @@ Names (``<source>_<task>[_sep]_<split>``; see ``datasets/README.md`` for layouts
 ``ucsd_cls_{train,val}``      UCSD COVID-CT-style 2-class slices (NonCOVID, COVID)
 ============================  ==========================================================
 
-A name is registered when its source file (COCO JSON / split file) exists at import time, so a
-dataset prepared after import needs :func:`register_all_builtin` to be called again (it skips
-names already registered).
+Every name is registered at import without touching the disk, as Detectron2's ``builtin.py``
+does: the files (COCO JSON, split file, ``public/index.json``) are read when the dataset is
+loaded, so a dataset prepared after import needs nothing more, and a missing one is a one-line
+:class:`~oneshot_d2.errors.DatasetError` naming the file. :func:`builtin_not_prepared` checks
+that before a run. Public splits other than train / val / test: call
+:func:`~oneshot_d2.data.datasets.public_ct.register_public_datasets`.
 """
 from __future__ import annotations
 
 import logging
 import os
-from typing import List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from detectron2.data import DatasetCatalog
 
 from .covid_ct import COVIDX_CLASSES, register_covidx_cls, register_ct_seg
 from .label_masks import CNCB_CATEGORY_VALUES, cncb_masks_to_coco
-from .public_ct import register_public_datasets
+from .public_ct import PREDEFINED_PUBLIC, public_not_prepared, register_public_lazily
 
 __all__ = ["BUILTIN_LAYOUTS", "prepare_cncb_layout", "register_cncb_layout",
-           "register_all_builtin", "datasets_root", "seg_json_path"]
+           "register_all_builtin", "builtin_not_prepared", "datasets_root", "seg_json_path"]
 
 logger = logging.getLogger(__name__)
 
 # source folder name under $DETECTRON2_DATASETS -> dataset name prefix
 BUILTIN_LAYOUTS = {"phantom": "phantom", "cncb": "cncb"}
+PREPARE_HINTS = {
+    "phantom": "run `python datasets/prepare_phantom.py`",
+    "cncb": "prepare the CNCB-NCOV copy as datasets/README.md says",
+    "public": "run datasets/prepare_public.py with its source; see datasets/README.md",
+}
 SEG_SPLITS = ("train", "test")
 CLS_SPLITS = ("train", "val", "test")
 
@@ -67,36 +75,72 @@ def _seg_name(prefix: str, split: str, mode: str) -> str:
     return f"{prefix}_seg_{split}" if mode == "merge" else f"{prefix}_seg_sep_{split}"
 
 
-def register_cncb_layout(root: str, prefix: str) -> List[str]:
-    """Register the splits of a prepared CNCB-NCOV layout folder that exist. Returns the names
-    registered now (names already in the catalog are skipped)."""
-    names = []
-    seg_images = os.path.join(root, "segmentation", "imgs")
+def _layout_files(root: str) -> Dict[str, Tuple[str, str]]:
+    """Dataset name suffix -> (kind ``merge`` / ``separate`` / ``cls``, source file) of every
+    split of a CNCB-NCOV layout folder (path strings only: no disk access)."""
+    files = {}
     for split in SEG_SPLITS:
-        for mode, categories in CNCB_CATEGORY_VALUES.items():
-            name, json_file = _seg_name(prefix, split, mode), seg_json_path(root, split, mode)
-            if os.path.isfile(json_file) and name not in DatasetCatalog.list():
-                register_ct_seg(name, json_file, seg_images, class_names=list(categories))
-                names.append(name)
-    cls = os.path.join(root, "classification")
+        for mode in CNCB_CATEGORY_VALUES:
+            files[_seg_name("", split, mode)] = (mode, seg_json_path(root, split, mode))
     for split in CLS_SPLITS:
-        name, split_file = f"{prefix}_cls_{split}", os.path.join(cls, f"{split}_COVIDx_CT.txt")
-        if os.path.isfile(split_file) and name not in DatasetCatalog.list():
-            register_covidx_cls(name, split_file, os.path.join(cls, "images"), COVIDX_CLASSES)
-            names.append(name)
+        files[f"_cls_{split}"] = ("cls", os.path.join(root, "classification",
+                                                      f"{split}_COVIDx_CT.txt"))
+    return files
+
+
+def register_cncb_layout(root: str, prefix: str, only_prepared: bool = True) -> List[str]:
+    """Register the splits of a CNCB-NCOV layout folder as ``<prefix>_seg_<split>``,
+    ``<prefix>_seg_sep_<split>``, ``<prefix>_cls_<split>``. Returns the names registered now
+    (names already in the catalog are skipped).
+
+    Args:
+        only_prepared: register only the splits whose file exists (COCO JSON, split file);
+            ``False`` registers every split without touching the disk (a missing file is then
+            a :class:`~oneshot_d2.errors.DatasetError` naming it when the dataset is loaded).
+    """
+    names = []
+    registered = set(DatasetCatalog.list())
+    seg_images = os.path.join(root, "segmentation", "imgs")
+    cls_images = os.path.join(root, "classification", "images")
+    for suffix, (kind, path) in _layout_files(root).items():
+        name = prefix + suffix
+        if name in registered or (only_prepared and not os.path.isfile(path)):
+            continue
+        if kind == "cls":
+            register_covidx_cls(name, path, cls_images, COVIDX_CLASSES)
+        else:
+            register_ct_seg(name, path, seg_images, class_names=list(CNCB_CATEGORY_VALUES[kind]))
+        names.append(name)
     return names
 
 
 def register_all_builtin(root: Optional[str] = None) -> List[str]:
-    """Register every predefined dataset found under ``root`` (default :func:`datasets_root`)."""
+    """Register every predefined dataset name (module docstring) under ``root`` (default
+    :func:`datasets_root`) without reading anything, as Detectron2's ``builtin.py`` does: the
+    files are opened when a dataset is loaded. Names already registered are skipped. Returns
+    the names registered now."""
     root = root or datasets_root()
     names = []
     for folder, prefix in BUILTIN_LAYOUTS.items():
-        path = os.path.join(root, folder)
-        if os.path.isdir(path):
-            names += register_cncb_layout(path, prefix)
-    # a corrupt public index is reported and skipped: never fatal to `import oneshot_d2`
-    names += register_public_datasets(root, registered=DatasetCatalog.list(), strict=False)
-    if names:
-        logger.debug("registered builtin datasets under %s: %s", root, names)
+        names += register_cncb_layout(os.path.join(root, folder), prefix, only_prepared=False)
+    names += register_public_lazily(root)
     return names
+
+
+def builtin_not_prepared(name: str, root: Optional[str] = None) -> Optional[str]:
+    """For a predefined dataset name: why it cannot be loaded yet (its file missing, with how
+    to prepare it), else ``None``; ``None`` for other names too. Touches the disk: a run-time
+    check (e.g. before training), not for import."""
+    root = root or datasets_root()
+    for folder, prefix in BUILTIN_LAYOUTS.items():
+        if not name.startswith(prefix + "_"):
+            continue
+        entry = _layout_files(os.path.join(root, folder)).get(name[len(prefix):])
+        if entry is not None and not os.path.isfile(entry[1]):
+            return f"{entry[1]} not found ({PREPARE_HINTS[folder]})"
+        return None
+    if name in PREDEFINED_PUBLIC:
+        reason = public_not_prepared(root, name)
+        if reason is not None:
+            return f"{reason} ({PREPARE_HINTS['public']})"
+    return None

@@ -14,21 +14,25 @@ same functions serve users' own copies laid out the same way):
 * **MosMed-style** classification manifest (``image,label,severity,split``; labels Normal /
   COVID, severity CT-0 .. CT-4) -> registered directly, ``severity`` kept in the dataset dicts.
 
-:func:`prepare_public_datasets` writes ``<out>/public/index.json`` that
-:func:`register_public_datasets` (called at import for ``$DETECTRON2_DATASETS``) reads. Writers
-take turns (a lock file ``index.json.lock``) and merge their entries into the index (read,
-update, atomic rewrite under the lock), so two runs for different sources keep both; a corrupt
-index is skipped with a warning at import and replaced (kept aside) by the next preparation.
+:func:`prepare_public_datasets` writes ``<out>/public/index.json``. The predefined names
+(:data:`PREDEFINED_PUBLIC`) are registered at import without reading it
+(:func:`register_public_lazily`): the index is read when such a dataset is first loaded;
+:func:`register_public_datasets` registers every entry of an index at once. Writers take turns
+(a lock file ``index.json.lock``) and merge their entries into the index (read, update, atomic
+rewrite under the lock), so two runs for different sources keep both; a corrupt index is an
+error naming it when a dataset is loaded, and is replaced (kept aside) by the next
+preparation.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
 import os
 import time
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
@@ -37,13 +41,14 @@ from ...utils.file_io import atomic_write_json
 from ...utils.file_lock import file_lock
 from ...utils.temp_names import clean_orphans
 from ..io import read_manifest
-from .covid_ct import register_csv_cls, register_ct_seg
+from .covid_ct import CT_CLS_EVALUATOR, register_csv_cls, register_ct_seg
 from .label_masks import label_masks_to_coco
 
 __all__ = ["MEDSEG_CATEGORY_VALUES", "BINARY_LESION_VALUES", "UCSD_CLASSES", "MOSMED_CLASSES",
            "read_manifest", "medseg_to_coco", "covid19_ct_seg_to_coco", "split_volumes",
            "prepare_public_datasets", "register_public_datasets", "public_index_path",
-           "read_public_index"]
+           "read_public_index", "PREDEFINED_PUBLIC", "register_public_lazily",
+           "public_not_prepared"]
 
 logger = logging.getLogger(__name__)
 
@@ -297,6 +302,75 @@ def _register_entry(index_file: str, name: str, entry: Mapping) -> None:
             raise DatasetError(f"{index_file}: entry {name!r} has a field of the wrong type "
                                f"({e})") from None
         raise
+
+
+# The names datasets/prepare_public.py writes index entries for (their classes fixed by the
+# converters above); registered lazily at import (:func:`register_public_lazily`). Splits of a
+# classification manifest other than train / val / test need :func:`register_public_datasets`.
+PREDEFINED_PUBLIC: Dict[str, Tuple[str, Tuple[str, ...]]] = {
+    **{f"medseg_seg_{s}": ("seg", tuple(MEDSEG_CATEGORY_VALUES["merge"]))
+       for s in ("train", "test")},
+    **{f"medseg_seg_sep_{s}": ("seg", tuple(MEDSEG_CATEGORY_VALUES["separate"]))
+       for s in ("train", "test")},
+    **{f"covid19_ct_seg_{s}": ("seg", tuple(BINARY_LESION_VALUES)) for s in ("train", "test")},
+    **{f"ucsd_cls_{s}": ("cls", UCSD_CLASSES) for s in ("train", "val", "test")},
+    **{f"mosmed_cls_{s}": ("cls", MOSMED_CLASSES) for s in ("train", "val", "test")},
+}
+
+
+def _load_indexed(out_root: str, name: str) -> List[Dict]:
+    """The loader of a lazily registered public name: read the index now, register its entry
+    in place of the lazy registration (the entry's own loader and metadata) and load it."""
+    index_file = public_index_path(out_root)
+    entry = read_public_index(index_file).get(name)
+    if entry is None:
+        raise DatasetError(f"dataset {name!r} is not prepared: no entry in {index_file} (run "
+                           "datasets/prepare_public.py with its source; see datasets/README.md)")
+    lazy_loader = DatasetCatalog[name]
+    lazy_metadata = MetadataCatalog.get(name).as_dict()
+    DatasetCatalog.remove(name)
+    MetadataCatalog.remove(name)
+    try:
+        _register_entry(index_file, name, entry)
+    except BaseException:
+        DatasetCatalog.register(name, lazy_loader)
+        lazy_metadata.pop("name", None)
+        MetadataCatalog.get(name).set(**lazy_metadata)
+        raise
+    return DatasetCatalog.get(name)
+
+
+def public_not_prepared(out_root: str, name: str) -> Optional[str]:
+    """Why the predefined public dataset ``name`` cannot be loaded from ``out_root`` (no index,
+    no entry for it), or ``None``. Reads the index: for run-time checks, not for import."""
+    index_file = public_index_path(out_root)
+    try:
+        index = read_public_index(index_file)
+    except DatasetError as e:
+        return str(e)
+    if name not in index:
+        return (f"no entry {name!r} in {index_file}" if os.path.isfile(index_file)
+                else f"{index_file} not found")
+    return None
+
+
+def register_public_lazily(out_root: str) -> List[str]:
+    """Register every :data:`PREDEFINED_PUBLIC` name not registered yet, reading nothing: the
+    index under ``out_root`` is read when the dataset is first loaded (a missing or corrupt
+    index is then a :class:`DatasetError` naming it). Returns the names registered now."""
+    names = []
+    registered = set(DatasetCatalog.list())
+    for name, (kind, classes) in PREDEFINED_PUBLIC.items():
+        if name in registered:
+            continue
+        DatasetCatalog.register(name, functools.partial(_load_indexed, out_root, name))
+        if kind == "seg":
+            MetadataCatalog.get(name).set(thing_classes=list(classes), evaluator_type="coco")
+        else:
+            MetadataCatalog.get(name).set(image_classes=list(classes),
+                                          evaluator_type=CT_CLS_EVALUATOR)
+        names.append(name)
+    return names
 
 
 def register_public_datasets(out_root: str, registered: Sequence[str] = (),
