@@ -43,6 +43,16 @@ setup(
         "timm>=0.9",  # EfficientNet-Lite backbones (timm's tf_efficientnet_lite*)
         "filelock",  # the inter-process lock where fcntl does not exist (Windows)
     ],
+    # the commands; tools/*.py run the same functions from a checkout
+    entry_points={"console_scripts": [
+        "oneshot-train=oneshot_d2.cli.train_net:entry_point",
+        "oneshot-predict=oneshot_d2.cli.predict:entry_point",
+        "oneshot-check-dataset=oneshot_d2.cli.check_dataset:entry_point",
+        "oneshot-calibrate=oneshot_d2.cli.calibrate:entry_point",
+        "oneshot-count-detections=oneshot_d2.cli.count_detections:entry_point",
+        "oneshot-linear-probe=oneshot_d2.cli.linear_probe:entry_point",
+        "oneshot-image-head-ceiling=oneshot_d2.cli.image_head_ceiling:entry_point",
+    ]},
     extras_require={
         "test": ["pytest", "pytest-xdist", "ruff"],
         # compressed DICOM transfer syntaxes (JPEG, JPEG-LS, JPEG 2000) through pydicom's handlers

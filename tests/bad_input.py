@@ -2,6 +2,7 @@
 check the one-line error contract (:mod:`oneshot_d2.cli`)."""
 import contextlib
 import hashlib
+import importlib
 import importlib.util
 import io
 import os
@@ -16,10 +17,13 @@ from tests.common import REPO, TINY
 PREFIX = "badin"  # the phantom registered under this prefix (module fixture)
 
 
-TRAIN_NET = os.path.join(REPO, "tools", "train_net.py")
+# the commands, as modules of oneshot_d2.cli (tools/<name>.py only runs their entry_point)
+TRAIN_NET = "oneshot_d2.cli.train_net"
+TRAIN_NET_SCRIPT = os.path.join(REPO, "tools", "train_net.py")
 
 
-CHECK_DATASET = os.path.join(REPO, "tools", "check_dataset.py")
+CHECK_DATASET = "oneshot_d2.cli.check_dataset"
+PREDICT = "oneshot_d2.cli.predict"
 
 
 
@@ -31,7 +35,10 @@ _TOOLS: Dict[str, object] = {}
 
 
 def _tool(path: str):
-    """The tool script at ``path`` imported as a module (once)."""
+    """The command module ``oneshot_d2.cli.<name>``, or the script at ``path`` (``datasets/``)
+    imported as a module (once)."""
+    if not path.endswith(".py"):
+        return importlib.import_module(path)
     if path not in _TOOLS:
         name = "tool_" + os.path.splitext(os.path.basename(path))[0]
         spec = importlib.util.spec_from_file_location(name, path)
@@ -42,10 +49,11 @@ def _tool(path: str):
 
 
 def run_tool(path: str, *argv: str) -> Tuple[int, List[str]]:
-    """Run a tool's ``main`` in-process as its ``__main__`` does; (status, stderr lines).
+    """Run a command's ``main`` in-process as its entry point does; (status, stderr lines).
     (stderr is redirected here rather than with ``capsys``: Detectron2's loggers keep the
     ``sys.stdout`` of their first call, which ``capsys`` would close after the test.)"""
-    prog = os.path.splitext(os.path.basename(path))[0]
+    prog = os.path.splitext(os.path.basename(path))[0] if path.endswith(".py") else \
+        path.rsplit(".", 1)[-1]
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         status = run_cli(_tool(path).main, list(argv), prog=prog)

@@ -12,17 +12,18 @@ from typing import List, Optional
 
 import pytest
 
-from oneshot_d2.cli import _NoExpectedTraceback, error_message, run_cli
+from oneshot_d2.cli.common import _NoExpectedTraceback, error_message, run_cli
 from oneshot_d2.errors import DatasetError
-from tests.bad_input import TRAIN_NET
+from tests.bad_input import TRAIN_NET_SCRIPT
 
 
 @pytest.mark.slow
 def test_debug_flag_keeps_the_traceback(tmp_path):
     """Catches: --debug ignored (the traceback a developer needs is swallowed), or --debug after
     the KEY VALUE options passed to yacs as a config key. Subprocess: the real script."""
-    r = subprocess.run([sys.executable, TRAIN_NET, "--config-file", str(tmp_path / "x.yaml"),
-                        "SOLVER.MAX_ITER", "1", "--debug"], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, TRAIN_NET_SCRIPT, "--config-file",
+                        str(tmp_path / "x.yaml"), "SOLVER.MAX_ITER", "1", "--debug"],
+                       capture_output=True, text=True,
                        env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=str(tmp_path))
     assert r.returncode == 1, r.stderr
     assert "Traceback" in r.stderr and "x.yaml: config file not found" in r.stderr
@@ -119,3 +120,38 @@ def test_errors_of_launched_processes(last_line, expected):
     with contextlib.redirect_stderr(err):
         assert run_cli(main, [], prog="train_net") == 2
     assert err.getvalue().splitlines() == [f"train_net: error: {expected}"]
+
+
+def test_console_scripts_are_the_commands_of_the_package_and_the_tools():
+    """Catches: a command missing from setup.py's console scripts, a script pointing at a
+    function that does not exist, or a tools/ shim running another command than its name."""
+    import importlib
+    import importlib.metadata
+    import pkgutil
+
+    import oneshot_d2.cli
+    from tests.common import REPO
+
+    commands = {m.name for m in pkgutil.iter_modules(oneshot_d2.cli.__path__)} - {"common"}
+    scripts = {ep.name: ep.value for ep in importlib.metadata.entry_points(group="console_scripts")
+               if ep.value.startswith("oneshot_d2.")}
+    assert sorted(v.split(":")[0].rsplit(".", 1)[-1] for v in scripts.values()) == sorted(commands)
+    for value in scripts.values():
+        module, func = value.split(":")
+        assert func == "entry_point" and callable(getattr(importlib.import_module(module), func))
+    for command in commands:
+        with open(os.path.join(REPO, "tools", f"{command}.py"), encoding="utf-8") as f:
+            assert f"from oneshot_d2.cli.{command} import entry_point\n" in f.read()
+
+
+@pytest.mark.slow
+def test_console_script_runs_with_the_error_contract(tmp_path):
+    """The installed ``oneshot-predict`` (subprocess). Catches: an entry point that bypasses
+    run_cli (a traceback, exit status 1) or prints its error on stdout."""
+    script = os.path.join(os.path.dirname(sys.executable), "oneshot-predict")
+    r = subprocess.run([script, "--config-file", str(tmp_path / "x.yaml"), "--input",
+                        str(tmp_path), "--output", str(tmp_path / "out")], capture_output=True,
+                       text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=str(tmp_path))
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 2 and r.stdout == "", (r.stdout, r.stderr)
+    assert lines == [f"predict: error: {tmp_path / 'x.yaml'}: config file not found"], lines

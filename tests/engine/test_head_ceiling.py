@@ -1,7 +1,5 @@
 """The image head's ceiling on a frozen detector (tools/image_head_ceiling.py)."""
-import importlib.util
 import json
-import os
 
 import pytest
 import torch
@@ -10,7 +8,7 @@ from detectron2.data import DatasetCatalog
 
 from oneshot_d2.data.datasets.builtin import register_cncb_layout
 from oneshot_d2.engine.head_ceiling import cache_roi_features, train_head_on_features
-from tests.common import AFFINITY_QUICK, REPO, TINY, make_cfg, seeded_model
+from tests.common import AFFINITY_QUICK, TINY, make_cfg, seeded_model
 
 pytestmark = pytest.mark.slow
 
@@ -68,10 +66,8 @@ def test_head_fits_its_training_features(setup):
 def test_tool_writes_curves(setup, tmp_path):
     cfg, model = setup
     DetectionCheckpointer(model, save_dir=str(tmp_path)).save("m")
-    spec = importlib.util.spec_from_file_location(
-        "image_head_ceiling", os.path.join(REPO, "tools", "image_head_ceiling.py"))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    from oneshot_d2.cli import image_head_ceiling as tool
+
     out = tmp_path / "ceiling"
     result = tool.main(["--config-file", AFFINITY_QUICK, "--train", "ceil_cls_train",
                         "--val", "ceil_cls_val", "--output", str(out), "--epochs", "2",

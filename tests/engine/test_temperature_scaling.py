@@ -3,7 +3,6 @@ saved temperature (argmax and AUC unchanged), training with CALIBRATION_DATASET 
 model_final.pth and --eval-only reproduces the final evaluation, tools/calibrate.py writes a new
 checkpoint, and checkpoints from before the buffer load as uncalibrated."""
 import json
-import os
 
 import numpy as np
 import pytest
@@ -68,13 +67,8 @@ def test_training_calibrates_and_eval_only_reproduces(cls_opts, tmp_path):
 
 
 def test_calibrate_tool_writes_a_new_checkpoint(cls_opts, tmp_path):
-    import importlib.util
+    from oneshot_d2.cli import calibrate as tool
 
-    from tests.common import REPO
-    spec = importlib.util.spec_from_file_location(
-        "calibrate_tool", os.path.join(REPO, "tools", "calibrate.py"))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
     model = seeded_model(make_cfg(CLASSIFIER, *cls_opts))
     weights = tmp_path / "model.pth"
     torch.save({"model": model.state_dict()}, weights)

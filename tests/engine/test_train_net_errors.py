@@ -15,6 +15,7 @@ from oneshot_d2.engine.defaults import check_args
 from tests.bad_input import (
     PREFIX,
     TRAIN_NET,
+    TRAIN_NET_SCRIPT,
     _tool,
     assert_one_error,
     run_tool,
@@ -204,7 +205,7 @@ def test_train_net_end_to_end_bad_key(tmp_path):
     going through run_cli, or the error printed on stdout / with a traceback."""
     cfg_file = tmp_path / "typo.yaml"
     cfg_file.write_text(f'_BASE_: "{MASK_RCNN_QUICK}"\nSOLVER:\n  BASE_LRR: 0.1\n')
-    r = subprocess.run([sys.executable, TRAIN_NET, "--config-file", str(cfg_file)],
+    r = subprocess.run([sys.executable, TRAIN_NET_SCRIPT, "--config-file", str(cfg_file)],
                        capture_output=True, text=True, cwd=str(tmp_path),
                        env={**os.environ, "OMP_NUM_THREADS": "1"})
     lines = [line for line in r.stderr.splitlines() if line.strip()]

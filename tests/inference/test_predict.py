@@ -239,24 +239,18 @@ class _Result:
 
 def _run(*args, env=None):
     """tools/predict.py in a subprocess (as a user runs it) when ``env`` is given (the kill
-    tests), else its ``main`` in-process through ``run_cli`` as its ``__main__`` does (the
-    same code path, without the 10 s of imports per run)."""
+    tests), else the command's entry point in-process (the same code path, without the 10 s
+    of imports per run)."""
     if env is not None:
         e = dict(os.environ, OMP_NUM_THREADS="1", **env)
         return subprocess.run([sys.executable, PREDICT, *args], capture_output=True,
                               text=True, cwd=REPO, env=e, timeout=600)
-    if "predict_tool" not in _TOOL:
-        spec = importlib.util.spec_from_file_location("predict_tool", PREDICT)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        _TOOL["predict_tool"] = module
+    from oneshot_d2.cli import predict
+
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
-        status = run_cli(_TOOL["predict_tool"].main, list(args), prog="predict")
+        status = predict.entry_point(list(args))
     return _Result(status, err.getvalue())
-
-
-_TOOL = {}
 
 
 @pytest.fixture(scope="module")

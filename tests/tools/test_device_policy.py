@@ -1,13 +1,9 @@
 """The tools share one CUDA policy (:func:`oneshot_d2.config.resolve_device`): a CUDA device of
 the config falls back to the CPU without a GPU, a ``--device cuda`` asked for by name is refused
 with one line and exit status 2."""
-import os
-
 from oneshot_d2.engine.defaults import build_config
-from tests.bad_input import assert_one_error, run_tool
-from tests.common import AFFINITY_QUICK, MASK_RCNN_QUICK, REPO, train_args
-
-PREDICT = os.path.join(REPO, "tools", "predict.py")
+from tests.bad_input import PREDICT, assert_one_error, run_tool
+from tests.common import AFFINITY_QUICK, MASK_RCNN_QUICK, train_args
 
 
 def test_train_net_runs_a_cuda_config_on_the_cpu_without_a_gpu(monkeypatch, tmp_path):

@@ -3,7 +3,6 @@ the tool end to end), and the linear probe (fitted on separable features; and th
 phantom with a random backbone file)."""
 import importlib.util
 import json
-import os
 
 import numpy as np
 import pytest
@@ -13,17 +12,14 @@ from detectron2.structures import Instances
 from oneshot_d2.data.datasets.builtin import register_cncb_layout
 from oneshot_d2.engine.linear_probe import fit_linear_probe
 from oneshot_d2.evaluation.detection_counts import DetectionCountEvaluator
-from tests.common import REPO, TINY, config_path, make_cfg, seeded_model
+from tests.common import TINY, config_path, make_cfg, seeded_model
 
 CLASSIFIER = config_path("real/image_classifier_R_18_FPN_1200iter_ucsd_2cls.yaml")
 MASK_RCNN = config_path("quick_schedules/mask_rcnn_R_18_FPN_phantom_quick.yaml")
 
 
 def load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "tools", f"{name}.py"))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool
+    return importlib.import_module(f"oneshot_d2.cli.{name}")
 
 
 def _instances(scores, masks):

@@ -27,8 +27,8 @@ from typing import Any, Callable, List, Optional, Sequence
 import yaml
 from torch.multiprocessing import ProcessRaisedException
 
-from .compat import filter_known_warnings
-from .errors import OneShotError
+from ..compat import filter_known_warnings
+from ..errors import OneShotError
 
 __all__ = ["DEBUG_ENV", "EXIT_ERROR", "EXPECTED_ERRORS", "add_debug_argument",
            "debug_requested", "error_message", "quiet_training_tracebacks", "run_cli",

@@ -1,0 +1,127 @@
+"""Run a trained oneshot_d2 model on CT studies: DICOM series, NIfTI volumes, image files.
+
+    python tools/predict.py --config-file CFG MODEL.WEIGHTS output/model_final.pth \\
+        --input scan_dicom_folder/ patient.nii.gz slices/ --output predictions/ \\
+        [--batch-size 8] [--device cpu|cuda] [--save-overlays] [--save-nifti]
+
+One study per DICOM series (a folder tree may hold several), per NIfTI file, per folder of
+image files or per single image file. Hounsfield-unit inputs are windowed with the config's
+``INPUT.HU_WINDOW``; 8-bit images are taken as already windowed. Outputs (README, "Predict";
+:mod:`oneshot_d2.inference.outputs`): ``slices.csv`` and ``studies.csv`` for the run, and per
+study ``report.json`` (geometry, model, patient-level result, lesion burden, per-slice results),
+its ``slices.csv`` and ``config.yaml``, overlays and a summary figure (``--save-overlays``), the
+lesion label volume as NIfTI in the input's geometry (``--save-nifti``). Every output is written
+atomically.
+
+Exit status: 0 when every study was written; 2 when a study could not be read or written (one
+line ``predict: error: <file>: <problem>`` each, the other studies still complete) or when the
+config, checkpoint or options are wrong (nothing is written). ``--debug`` shows tracebacks.
+"""
+import argparse
+import logging
+import sys
+import time
+from typing import List, Optional
+
+from tqdm import tqdm
+
+from ..config import load_config, resolve_device
+from ..errors import OneShotError, UsageError
+from ..inference import (
+    OneShotPredictor,
+    find_studies,
+    predict_study,
+    study_report,
+    study_summary_row,
+    write_run_tables,
+    write_study,
+)
+from ..utils.file_io import make_folder
+from .common import EXIT_ERROR, add_debug_argument, error_message, run_cli
+
+logger = logging.getLogger("predict")
+# Errors of one study: it is reported and skipped, the others still run.
+STUDY_ERRORS = (OneShotError, OSError)
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    p = add_debug_argument(argparse.ArgumentParser(
+        description=__doc__.splitlines()[1], formatter_class=argparse.RawDescriptionHelpFormatter))
+    p.add_argument("--config-file", required=True, metavar="FILE", help="the model's config")
+    p.add_argument("--input", required=True, nargs="+", metavar="PATH",
+                   help="DICOM files / folders, NIfTI files, image files / folders")
+    p.add_argument("--output", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--batch-size", type=int, default=8, help="slices per forward pass (8)")
+    p.add_argument("--device", choices=("cpu", "cuda"),
+                   help="default: the config's MODEL.DEVICE (a CUDA one falls back to the CPU "
+                        "when there is no GPU; --device cuda is refused then)")
+    p.add_argument("--save-overlays", action="store_true",
+                   help="one PNG per slice and a summary figure per study")
+    p.add_argument("--save-nifti", action="store_true",
+                   help="the lesion label volume as NIfTI in the input's geometry")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
+                   help="config options, e.g. MODEL.WEIGHTS output/model_final.pth")
+    args = p.parse_args(argv)
+    if "--debug" in args.opts:
+        args.opts = [o for o in args.opts if o != "--debug"]
+        args.debug = True
+    return args
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    cfg = load_config(args.config_file, args.opts)
+    resolve_device(cfg, args.device or "")  # --device cuda without a GPU: refused
+    refs, errors = find_studies(args.input)
+    failed = len(errors)
+    for e in errors:
+        print(f"predict: error: {error_message(e)}", file=sys.stderr)
+    if not refs:
+        print("predict: error: no study to predict in " + " ".join(args.input), file=sys.stderr)
+        return EXIT_ERROR
+    predictor = OneShotPredictor(cfg, batch_size=args.batch_size)
+    out = make_folder(args.output, "--output")
+    config_yaml = predictor.cfg.dump()
+    slice_rows, study_rows = [], []
+    for ref in refs:
+        try:
+            study = ref.load()
+            start = time.perf_counter()
+            with tqdm(total=study.num_slices, desc=study.name, unit="slice",
+                      disable=args.no_progress, leave=False) as bar:
+                pred = predict_study(predictor, study, progress=bar.update)
+            report = study_report(pred, predictor, args.config_file)
+            folder = write_study(out, pred, report, config_yaml, predictor.image_classes,
+                                 predictor.lesion_classes, args.save_overlays, args.save_nifti)
+        except STUDY_ERRORS as e:
+            if args.debug:
+                raise
+            print(f"predict: error: {error_message(e)}", file=sys.stderr)
+            study_rows.append(study_summary_row(ref.name, ref.source, error=error_message(e)))
+            failed += 1
+            continue
+        slice_rows += report["slices"]
+        study_rows.append(study_summary_row(study.name, study.source, report))
+        patient = report["patient"]
+        logger.info("%s: %d slices in %.1f s -> %s%s", study.name, study.num_slices,
+                    time.perf_counter() - start,
+                    f"patient {patient['class']}" if patient else "done",
+                    f", written to {folder}")
+    study_rows += [study_summary_row("", "", error=error_message(e)) for e in errors]
+    write_run_tables(out, slice_rows, study_rows)
+    if failed:
+        logger.info("%d of %d studies failed (studies.csv lists them)", failed,
+                    len(refs) + len(errors))
+        return EXIT_ERROR
+    return 0
+
+
+
+def entry_point(argv: Optional[List[str]] = None) -> int:
+    """The ``oneshot-predict`` console script (and ``tools/predict.py``): :func:`main` with
+    one-line errors and exit status 2 (``--debug`` for tracebacks)."""
+    return run_cli(main, argv, prog="predict")
