@@ -194,6 +194,13 @@ def test_evaluator_writes_reports(tmp_path):
     with open(tmp_path / "classification_predictions.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [r["prediction"] for r in rows] == ["Normal", "CP", "COVID-19", "CP"]
+    # the ground truth column: the last image is wrong, so a label column filled from the
+    # predictions (or shifted by one image) shows
+    assert [r["label"] for r in rows] == ["Normal", "CP", "COVID-19", "COVID-19"]
+    assert [(r["image_id"], r["file_name"]) for r in rows] == [
+        (f"img{i}", f"/d/img{i}.png") for i in range(4)]
+    for r, p in zip(rows, preds):
+        assert [float(r[f"prob_{n}"]) for n in NAMES3] == pytest.approx(_onehot([p])[0].tolist())
     assert float(rows[0]["prob_Normal"]) == pytest.approx(0.8)
     png = (tmp_path / "confusion_matrix.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"

@@ -649,3 +649,24 @@ def test_a_registered_reader_is_used_by_discovery_and_load(tmp_path, monkeypatch
     study = refs[0].load(png_hu_offset=7)
     assert study.pixels.shape == (1, 4, 4) and isinstance(seen["options"], ReadOptions)
     assert seen["options"].png_hu_offset == 7
+
+
+def test_two_series_side_by_side_in_one_folder(tmp_path):
+    # catches: a folder's DICOM files grouped by folder (or by PatientID) instead of by
+    # SeriesInstanceUID: two reconstructions of one scan at the same positions (e.g. lung and
+    # soft-tissue kernels), files interleaved in one folder, would be read as one series
+    # with duplicate positions, or as a mix of both
+    lung, soft = _hu_volume(seed=3), _hu_volume(seed=4)
+    a = _write_series(tmp_path / "scan", lung, seed=1, series_number=2, series_uid="1.2.3.2")
+    b = _write_series(tmp_path / "scan", soft, seed=2, series_number=3, series_uid="1.2.3.3")
+    names = sorted(os.listdir(tmp_path / "scan"))
+    assert len(names) == 2 * N and {os.path.dirname(p) for p in a + b} == {
+        str(tmp_path / "scan")}
+    refs, errors = find_studies([str(tmp_path / "scan")])
+    assert errors == [] and len(refs) == 2
+    by_series = {ref.load().meta["series_number"]: ref for ref in refs}
+    assert sorted(map(os.path.basename, by_series[2].files)) == sorted(map(os.path.basename, a))
+    np.testing.assert_array_equal(by_series[2].load().pixels,
+                                  np.stack([_restored(h) for h in lung]))
+    np.testing.assert_array_equal(by_series[3].load().pixels,
+                                  np.stack([_restored(h) for h in soft]))
