@@ -17,6 +17,7 @@ LAYERS = [
     {"checkpoint", "evaluation"},
     {"inference"},
     {"engine"},
+    {"benchmark"},
     {"cli"},
 ]
 LAYER_OF = {name: i for i, names in enumerate(LAYERS) for name in names}

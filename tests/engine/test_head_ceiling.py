@@ -53,12 +53,13 @@ def test_head_fits_its_training_features(setup):
     train = cache_roi_features(cfg, model, DatasetCatalog.get("ceil_cls_train"))
     val = cache_roi_features(cfg, model, DatasetCatalog.get("ceil_cls_val"))
     names = ["Normal", "CP", "COVID-19"]
-    history = train_head_on_features(cfg, train, val, names, epochs=12, lr=3e-3,
+    history = train_head_on_features(cfg, train, val, names, epochs=5, lr=3e-3,
                                      batch_size=3, seed=0, precise_bn_iters=4)
-    assert [r["epoch"] for r in history] == list(range(1, 13))
+    assert [r["epoch"] for r in history] == list(range(1, 6))
     assert {"train_loss", "train/accuracy", "val/accuracy", "val/auc", "val/loss"} <= set(
         history[0])
     # 6 training images memorised: the loss falls and the training accuracy reaches 100 %
+    # (measured: 100 % from epoch 2, the loss at epoch 5 below 0.1 of epoch 1's)
     assert history[-1]["train/loss"] < 0.5 * history[0]["train/loss"]
     assert history[-1]["train/accuracy"] == 100.0
 

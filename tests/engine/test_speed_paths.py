@@ -229,7 +229,7 @@ def test_trainer_evaluates_classification_sets_on_the_slice_class_path(phantom_r
     assert set(both) == {"sp_seg_test", "sp_cls_test"} and "segm" in both["sp_seg_test"]
 
 
-# ---- the profiling helpers of tools/benchmark.py ---------------------------------------------
+# ---- the profiling helpers of the benchmarks (oneshot_d2.benchmark, tools/benchmark.py) ------
 def test_stage_times_and_flops_add_up(model):
     _, x = golden_items()
 
