@@ -200,11 +200,19 @@ def test_patient_rule_parameters_reach_the_result(monkeypatch, study_file, tmp_p
 def test_studies_csv_values(monkeypatch, study_file, tmp_path):
     # catches: a studies.csv column taken from another key of the report (scores, mL, % of
     # lung, lung volume), or rounded to fewer digits than documented
+    # and the studies that fail are listed, the others complete: a study that cannot be read,
+    # a file that is no scan, a missing path
     bad = tmp_path / "broken.nii.gz"
     bad.write_bytes(b"not a nifti")
-    status, lines = run_predict(monkeypatch, [study_file, bad], tmp_path / "out")
-    assert status == 2 and any("broken.nii.gz" in line for line in lines)
-    rows = {r["study"]: r for r in read_csv(tmp_path / "out" / "studies.csv")}
+    (tmp_path / "notes.txt").write_text("not a scan")
+    status, lines = run_predict(monkeypatch, [study_file, bad, tmp_path / "notes.txt",
+                                              tmp_path / "missing"], tmp_path / "out")
+    assert status == 2 and len(lines) == 3 and not any("Traceback" in x for x in lines)
+    for needle in ("broken.nii.gz", "notes.txt", "missing"):
+        assert sum(needle in line and line.startswith("predict: error:") for line in lines) == 1
+    rows = read_csv(tmp_path / "out" / "studies.csv")
+    assert sorted(r["status"] for r in rows) == ["error"] * 3 + ["ok"]
+    rows = {r["study"]: r for r in rows}
     ok, err = rows["chest"], rows["broken"]
     assert (ok["status"], ok["error"], err["status"]) == ("ok", "", "error")
     assert "broken.nii.gz" in err["error"] and err["patient_class"] == ""
@@ -273,16 +281,31 @@ def test_training_window_is_the_default_hu_window(tmp_path):
         assert np.abs(seen - trained).mean() < 2.0, name
 
 
-def test_a_folder_with_another_tools_report_is_never_replaced(monkeypatch, study_file, tmp_path):
-    # catches: a study folder taken as this tool's because it holds a report.json (of any tool)
+@pytest.mark.parametrize("report", [{"tool": "another viewer", "x": 1}, None])
+def test_a_folder_this_tool_did_not_write_is_never_replaced(monkeypatch, study_file, tmp_path,
+                                                            report):
+    # catches: a study folder taken as this tool's because it holds a report.json (of any
+    # tool), or because it is there at all
     folder = tmp_path / "out" / "chest"
     folder.mkdir(parents=True)
-    (folder / "report.json").write_text(json.dumps({"tool": "another viewer", "x": 1}))
+    if report is not None:
+        (folder / "report.json").write_text(json.dumps(report))
     (folder / "notes.txt").write_text("keep me")
     before = snapshot(folder)
     status, lines = run_predict(monkeypatch, [study_file], tmp_path / "out")
     assert_one_error(status, lines, "predict", "refusing to replace", exact=False)
     assert snapshot(folder) == before
+
+
+def test_a_folder_this_tool_wrote_is_replaced(monkeypatch, study_file, tmp_path):
+    # catches: the tool refusing its own earlier output (a second run over the first), or
+    # leaving the previous version or temporary folders beside the new one
+    out = tmp_path / "out"
+    assert run_predict(monkeypatch, [study_file], out)[0] == 0
+    (out / "chest" / "stale.txt").write_text("from the first run")
+    assert run_predict(monkeypatch, [study_file], out)[0] == 0
+    assert sorted(os.listdir(out)) == ["chest", "slices.csv", "studies.csv"]
+    assert not (out / "chest" / "stale.txt").exists()
 
 
 def test_a_killed_first_write_is_not_recovered_as_a_result(monkeypatch, study_file, tmp_path):
