@@ -4,7 +4,7 @@ import os
 
 import pytest
 import torch
-from detectron2.engine import default_argument_parser, launch
+from detectron2.engine import default_argument_parser
 
 from oneshot_d2.data.datasets.builtin import register_cncb_layout
 from oneshot_d2.engine import OneShotTrainer, main, setup
@@ -91,16 +91,3 @@ def test_adam_optimizer(phantom_root, tmp_path):
 def test_unknown_dataset_is_a_clear_error(tmp_path):
     with pytest.raises(KeyError, match="not registered"):
         setup(_args(tmp_path, "never_registered"))
-
-
-@pytest.mark.slow
-def test_two_process_cpu_launch(phantom_root, tmp_path):
-    from tests.engine.launch_worker import train_and_fingerprint
-
-    args = _args(tmp_path, "launch", max_iter=2)
-    out_file = str(tmp_path / "fingerprint")
-    launch(train_and_fingerprint, 2, dist_url="auto", args=(args, phantom_root, out_file))
-    prints = [open(f"{out_file}.{r}").read().split() for r in (0, 1)]
-    assert prints[0][0] == prints[1][0] == "2"  # world size
-    assert prints[0][2] != prints[1][2]  # two processes
-    assert prints[0][1] == prints[1][1]  # identical parameters after DDP training
