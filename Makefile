@@ -5,7 +5,8 @@ export DETECTRON2_DATASETS ?= datasets
 DEMO_CONFIG ?= configs/quick_schedules/oneshot_affinity_R_18_FPN_phantom_quick.yaml
 DEMO_OPTS ?=
 PYTEST_ARGS ?=
-# one pytest process per core (pytest-xdist); a module's tests stay in one process
+# one pytest process per core (pytest-xdist); a module's tests stay in one process; `make test`
+# lists its 25 slowest tests at the end (where the time goes)
 PYTEST_PARALLEL ?= -n auto --dist loadscope
 
 DEMO_OUTPUT ?= output/$(basename $(notdir $(DEMO_CONFIG)))
@@ -52,7 +53,7 @@ real-model: real-data
 	    $(REAL_OPTS)
 
 test: install lint
-	$(PY) -m pytest $(PYTEST_PARALLEL) $(PYTEST_ARGS)
+	$(PY) -m pytest $(PYTEST_PARALLEL) --durations=25 $(PYTEST_ARGS)
 
 # the same without the tests marked slow (training, processes, tools end to end)
 test-quick: install lint
