@@ -6,7 +6,8 @@
 
 Expects the layout of datasets/README.md ("cncb"); writes
 ``annotations/seg_{train,test}_{merge,separate}.json`` and checks the classification split files.
-After it, the datasets ``cncb_seg_*``, ``cncb_seg_sep_*`` and ``cncb_cls_*`` register on import.
+After it, the predefined datasets ``cncb_seg_*``, ``cncb_seg_sep_*`` and ``cncb_cls_*`` load
+(they are registered at import and read their files when loaded).
 """
 import argparse
 import logging

@@ -9,8 +9,9 @@
 Each source folder holds a ``manifest.csv`` (layouts in datasets/README.md). Writes COCO JSON
 and ``index.json`` under ``$DETECTRON2_DATASETS/public`` (source images are not copied); the
 datasets ``medseg_seg[_sep]_{train,test}``, ``covid19_ct_seg_{train,test}``,
-``ucsd_cls_{train,val}`` and ``mosmed_cls_{train,val}`` then register on import. Finishes
-with the dataset checker.
+``ucsd_cls_{splits}`` and ``mosmed_cls_{splits}`` (the manifest's splits) then load (the
+predefined names are registered at import and read the index when loaded). Finishes with the
+dataset checker.
 """
 import argparse
 import logging

@@ -100,8 +100,9 @@ def main(argv=None) -> int:
     p.add_argument("--amp", action="store_true",
                    help="paper and throughput rows in mixed precision (CUDA float16, CPU "
                         "bfloat16)")
-    p.add_argument("--task", nargs="+", default=["models"], choices=list(TASKS),
-                   help="; ".join(f"{name}: {what}" for name, what in TASKS.items()))
+    p.add_argument("--task", "--rows", nargs="+", default=["models"], choices=list(TASKS),
+                   help="; ".join(f"{name}: {what}" for name, what in TASKS.items())
+                   + " (--rows: the former name of this option)")
     p.add_argument("--study-config", default=DEMO_CONFIG)
     p.add_argument("--study-weights", default=None,
                    help=f"default: {DEMO_WEIGHTS} when it exists, else random weights")

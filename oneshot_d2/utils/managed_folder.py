@@ -32,15 +32,16 @@ def locked_folder(folder: str, is_complete: Callable[[str], bool], what: str) ->
 
 
 def foreign_entry(path: str, is_ours: Callable[[str], bool]) -> Optional[str]:
-    """``None`` when ``path`` may be replaced (absent, an empty folder, or a folder
-    ``is_ours`` recognises, complete or not), else what it is (``"folder"`` or ``"file"``)
+    """``None`` when ``path`` may be replaced: absent, an empty folder, or a folder (or a
+    symbolic link to one) that ``is_ours`` recognises, complete or not (a link is replaced,
+    its target left alone); else what it is (``"folder"``, ``"symbolic link"`` or ``"file"``)
     for the refusal message."""
     if not os.path.lexists(path):
         return None
-    if os.path.isdir(path) and not os.path.islink(path) and (
-            not os.listdir(path) or is_ours(path)):
+    link = os.path.islink(path)
+    if os.path.isdir(path) and (is_ours(path) or (not link and not os.listdir(path))):
         return None
-    return "folder" if os.path.isdir(path) else "file"
+    return "symbolic link" if link else "folder" if os.path.isdir(path) else "file"
 
 
 @contextlib.contextmanager

@@ -14,23 +14,35 @@ Names (``<source>_<task>[_sep]_<split>``; see ``datasets/README.md`` for layouts
 ============================  ==========================================================
 
 Every name is registered at import without touching the disk, as Detectron2's ``builtin.py``
-does: the files (COCO JSON, split file, ``public/index.json``) are read when the dataset is
-loaded, so a dataset prepared after import needs nothing more, and a missing one is a one-line
-:class:`~oneshot_d2.errors.DatasetError` naming the file. :func:`builtin_not_prepared` checks
-that before a run. Public splits other than train / val / test: call
-:func:`~oneshot_d2.data.datasets.public_ct.register_public_datasets`.
+does (:mod:`.lazy`): the files (COCO JSON, split file, ``public/index.json``) are found under
+``$DETECTRON2_DATASETS`` when the dataset is loaded, so a dataset prepared after import needs
+nothing more, and a missing one is a one-line :class:`~oneshot_d2.errors.DatasetError` naming
+the file and how to prepare it; :func:`builtin_not_prepared` checks that before a run. A user's
+own registration under a predefined name (:func:`register_cncb_layout`,
+:func:`~oneshot_d2.data.datasets.public_ct.register_public_datasets`) replaces the predefined
+one. Public splits other than train / val / test: call ``register_public_datasets``.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from typing import Dict, List, Optional, Tuple
 
 from detectron2.data import DatasetCatalog
 
-from .covid_ct import COVIDX_CLASSES, register_covidx_cls, register_ct_seg
+from ...errors import DatasetError
+from .covid_ct import (
+    COVIDX_CLASSES,
+    CT_CLS_EVALUATOR,
+    load_covidx_split,
+    load_ct_seg_json,
+    register_covidx_cls,
+    register_ct_seg,
+)
 from .label_masks import CNCB_CATEGORY_VALUES, cncb_masks_to_coco
-from .public_ct import PREDEFINED_PUBLIC, public_not_prepared, register_public_lazily
+from .lazy import datasets_root, is_lazy, not_prepared, register_lazily, release, set_file_fields
+from .public_ct import register_public_lazily
 
 __all__ = ["BUILTIN_LAYOUTS", "prepare_cncb_layout", "register_cncb_layout",
            "register_all_builtin", "builtin_not_prepared", "datasets_root", "seg_json_path"]
@@ -42,15 +54,9 @@ BUILTIN_LAYOUTS = {"phantom": "phantom", "cncb": "cncb"}
 PREPARE_HINTS = {
     "phantom": "run `python datasets/prepare_phantom.py`",
     "cncb": "prepare the CNCB-NCOV copy as datasets/README.md says",
-    "public": "run datasets/prepare_public.py with its source; see datasets/README.md",
 }
 SEG_SPLITS = ("train", "test")
 CLS_SPLITS = ("train", "val", "test")
-
-
-def datasets_root() -> str:
-    """``$DETECTRON2_DATASETS`` or ``datasets``."""
-    return os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
 
 
 def seg_json_path(root: str, split: str, mode: str) -> str:
@@ -88,24 +94,20 @@ def _layout_files(root: str) -> Dict[str, Tuple[str, str]]:
     return files
 
 
-def register_cncb_layout(root: str, prefix: str, only_prepared: bool = True) -> List[str]:
-    """Register the splits of a CNCB-NCOV layout folder as ``<prefix>_seg_<split>``,
-    ``<prefix>_seg_sep_<split>``, ``<prefix>_cls_<split>``. Returns the names registered now
-    (names already in the catalog are skipped).
-
-    Args:
-        only_prepared: register only the splits whose file exists (COCO JSON, split file);
-            ``False`` registers every split without touching the disk (a missing file is then
-            a :class:`~oneshot_d2.errors.DatasetError` naming it when the dataset is loaded).
-    """
+def register_cncb_layout(root: str, prefix: str) -> List[str]:
+    """Register the splits of a prepared CNCB-NCOV layout folder that exist, as
+    ``<prefix>_seg_<split>``, ``<prefix>_seg_sep_<split>``, ``<prefix>_cls_<split>``. Returns the
+    names registered now: names already in the catalog are skipped, except the predefined
+    ones (``phantom_*``, ``cncb_*``), whose lazy registration this one replaces."""
     names = []
     registered = set(DatasetCatalog.list())
     seg_images = os.path.join(root, "segmentation", "imgs")
     cls_images = os.path.join(root, "classification", "images")
     for suffix, (kind, path) in _layout_files(root).items():
         name = prefix + suffix
-        if name in registered or (only_prepared and not os.path.isfile(path)):
+        if (name in registered and not is_lazy(name)) or not os.path.isfile(path):
             continue
+        release(name)
         if kind == "cls":
             register_covidx_cls(name, path, cls_images, COVIDX_CLASSES)
         else:
@@ -114,33 +116,62 @@ def register_cncb_layout(root: str, prefix: str, only_prepared: bool = True) -> 
     return names
 
 
+def _layout_paths(folder: str, suffix: str, root: Optional[str]) -> Tuple[str, str, str]:
+    """(kind, source file, image folder) of a predefined layout split, under ``root`` or the
+    dataset root of this moment."""
+    base = os.path.join(root or datasets_root(), folder)
+    kind, path = _layout_files(base)[suffix]
+    images = os.path.join(base, *(("classification", "images") if kind == "cls"
+                                  else ("segmentation", "imgs")))
+    return kind, path, images
+
+
+def _load_layout(name: str, folder: str, suffix: str, root: Optional[str]) -> List[Dict]:
+    """The loader of a predefined layout name: its files found now, its metadata's file fields
+    set at the first load."""
+    kind, path, images = _layout_paths(folder, suffix, root)
+    if not os.path.isfile(path):
+        raise DatasetError(f"dataset {name!r} is not prepared: {path} not found "
+                           f"({PREPARE_HINTS[folder]})")
+    if kind == "cls":
+        set_file_fields(name, split_file=path, image_root=images)
+        return load_covidx_split(path, images, COVIDX_CLASSES)
+    set_file_fields(name, json_file=path, image_root=images)
+    return load_ct_seg_json(path, images, name)
+
+
+def _layout_missing(folder: str, suffix: str, root: Optional[str]) -> Optional[str]:
+    _, path, _ = _layout_paths(folder, suffix, root)
+    return None if os.path.isfile(path) else f"{path} not found ({PREPARE_HINTS[folder]})"
+
+
 def register_all_builtin(root: Optional[str] = None) -> List[str]:
-    """Register every predefined dataset name (module docstring) under ``root`` (default
-    :func:`datasets_root`) without reading anything, as Detectron2's ``builtin.py`` does: the
-    files are opened when a dataset is loaded. Names already registered are skipped. Returns
-    the names registered now."""
-    root = root or datasets_root()
+    """Register every predefined dataset name (module docstring) without reading anything, as
+    Detectron2's ``builtin.py`` does: the files are found when a dataset is loaded, under
+    ``root`` (default: ``$DETECTRON2_DATASETS`` at that moment). Names already registered are
+    skipped. Returns the names registered now."""
     names = []
+    registered = set(DatasetCatalog.list())
     for folder, prefix in BUILTIN_LAYOUTS.items():
-        names += register_cncb_layout(os.path.join(root, folder), prefix, only_prepared=False)
+        for suffix, (kind, _) in _layout_files("").items():
+            name = prefix + suffix
+            if name in registered:
+                continue
+            if kind == "cls":
+                metadata = {"image_classes": list(COVIDX_CLASSES),
+                            "evaluator_type": CT_CLS_EVALUATOR}
+            else:
+                metadata = {"thing_classes": list(CNCB_CATEGORY_VALUES[kind]),
+                            "evaluator_type": "coco"}
+            register_lazily(name, functools.partial(_load_layout, name, folder, suffix, root),
+                            functools.partial(_layout_missing, folder, suffix, root), **metadata)
+            names.append(name)
     names += register_public_lazily(root)
     return names
 
 
-def builtin_not_prepared(name: str, root: Optional[str] = None) -> Optional[str]:
-    """For a predefined dataset name: why it cannot be loaded yet (its file missing, with how
-    to prepare it), else ``None``; ``None`` for other names too. Touches the disk: a run-time
-    check (e.g. before training), not for import."""
-    root = root or datasets_root()
-    for folder, prefix in BUILTIN_LAYOUTS.items():
-        if not name.startswith(prefix + "_"):
-            continue
-        entry = _layout_files(os.path.join(root, folder)).get(name[len(prefix):])
-        if entry is not None and not os.path.isfile(entry[1]):
-            return f"{entry[1]} not found ({PREPARE_HINTS[folder]})"
-        return None
-    if name in PREDEFINED_PUBLIC:
-        reason = public_not_prepared(root, name)
-        if reason is not None:
-            return f"{reason} ({PREPARE_HINTS['public']})"
-    return None
+def builtin_not_prepared(name: str) -> Optional[str]:
+    """For a name that still has its predefined registration: why it cannot be loaded now (its
+    file missing, with how to prepare it), else ``None``; ``None`` for other names. Touches the
+    disk: a run-time check (e.g. before training), not for import."""
+    return not_prepared(name)

@@ -41,8 +41,15 @@ from ...utils.file_io import atomic_write_json
 from ...utils.file_lock import file_lock
 from ...utils.temp_names import clean_orphans
 from ..io import read_manifest
-from .covid_ct import CT_CLS_EVALUATOR, register_csv_cls, register_ct_seg
+from .covid_ct import (
+    CT_CLS_EVALUATOR,
+    load_csv_manifest,
+    load_ct_seg_json,
+    register_csv_cls,
+    register_ct_seg,
+)
 from .label_masks import label_masks_to_coco
+from .lazy import datasets_root, is_lazy, register_lazily, release, set_file_fields
 
 __all__ = ["MEDSEG_CATEGORY_VALUES", "BINARY_LESION_VALUES", "UCSD_CLASSES", "MOSMED_CLASSES",
            "read_manifest", "medseg_to_coco", "covid19_ct_seg_to_coco", "split_volumes",
@@ -51,6 +58,8 @@ __all__ = ["MEDSEG_CATEGORY_VALUES", "BINARY_LESION_VALUES", "UCSD_CLASSES", "MO
            "public_not_prepared"]
 
 logger = logging.getLogger(__name__)
+
+PREPARE_HINT = "run datasets/prepare_public.py with its source; see datasets/README.md"
 
 MEDSEG_MASK_VALUES = (0, 1, 2)
 MEDSEG_CATEGORY_VALUES = {
@@ -271,13 +280,26 @@ def _index_for_update(index_file: str) -> Dict[str, Dict]:
         return {}
 
 
+def _entry_error(index_file: str, name: str, e: BaseException) -> BaseException:
+    """A bad index entry's exception as the one-line DatasetError naming the index."""
+    if isinstance(e, DatasetError):
+        return e
+    if isinstance(e, KeyError):
+        return DatasetError(f"{index_file}: entry {name!r} lacks the field {e}")
+    if isinstance(e, (TypeError, ValueError, AttributeError)):
+        return DatasetError(f"{index_file}: entry {name!r} has a field of the wrong type ({e})")
+    return e
+
+
 def _register_entry(index_file: str, name: str, entry: Mapping) -> None:
-    """Register one index entry; on failure nothing of it stays registered.
+    """Register one index entry (in place of the predefined lazy registration of ``name``, if
+    any); on failure nothing of it stays registered.
 
     Raises:
         DatasetError: unknown type, missing fields or fields of the wrong type (names the index
             and the entry).
     """
+    release(name)
     existed = name in DatasetCatalog.list() or name in MetadataCatalog.list()
     try:
         if entry.get("type") == "seg":
@@ -294,14 +316,10 @@ def _register_entry(index_file: str, name: str, entry: Mapping) -> None:
                 DatasetCatalog.remove(name)
             if name in MetadataCatalog.list():
                 MetadataCatalog.remove(name)
-        if isinstance(e, DatasetError):
+        error = _entry_error(index_file, name, e)
+        if error is e:
             raise
-        if isinstance(e, KeyError):
-            raise DatasetError(f"{index_file}: entry {name!r} lacks the field {e}") from None
-        if isinstance(e, (TypeError, ValueError, AttributeError)):
-            raise DatasetError(f"{index_file}: entry {name!r} has a field of the wrong type "
-                               f"({e})") from None
-        raise
+        raise error from None
 
 
 # The names datasets/prepare_public.py writes index entries for (their classes fixed by the
@@ -318,32 +336,38 @@ PREDEFINED_PUBLIC: Dict[str, Tuple[str, Tuple[str, ...]]] = {
 }
 
 
-def _load_indexed(out_root: str, name: str) -> List[Dict]:
-    """The loader of a lazily registered public name: read the index now, register its entry
-    in place of the lazy registration (the entry's own loader and metadata) and load it."""
-    index_file = public_index_path(out_root)
-    entry = read_public_index(index_file).get(name)
-    if entry is None:
-        raise DatasetError(f"dataset {name!r} is not prepared: no entry in {index_file} (run "
-                           "datasets/prepare_public.py with its source; see datasets/README.md)")
-    lazy_loader = DatasetCatalog[name]
-    lazy_metadata = MetadataCatalog.get(name).as_dict()
-    DatasetCatalog.remove(name)
-    MetadataCatalog.remove(name)
+def _load_indexed(out_root: Optional[str], name: str) -> List[Dict]:
+    """The loader of a predefined public name: read the index now (under ``out_root``, or the
+    dataset root of this moment), set the entry's file fields on the name's metadata and load
+    the entry's files."""
+    index_file = public_index_path(out_root or datasets_root())
+    reason = public_not_prepared(out_root, name)
+    if reason is not None:
+        raise DatasetError(f"dataset {name!r} is not prepared: {reason} ({PREPARE_HINT})")
+    entry = read_public_index(index_file)[name]
+    kind, classes = PREDEFINED_PUBLIC[name]
     try:
-        _register_entry(index_file, name, entry)
-    except BaseException:
-        DatasetCatalog.register(name, lazy_loader)
-        lazy_metadata.pop("name", None)
-        MetadataCatalog.get(name).set(**lazy_metadata)
-        raise
-    return DatasetCatalog.get(name)
+        if entry.get("type") != kind or tuple(entry["classes"]) != tuple(classes):
+            raise DatasetError(f"{index_file}: entry {name!r} is a {entry.get('type')!r} set of "
+                               f"classes {entry.get('classes')}, expected {kind!r} with "
+                               f"{list(classes)}")
+        if kind == "seg":
+            json_file, image_root = entry["json"], entry["image_root"]
+            set_file_fields(name, json_file=json_file, image_root=image_root)
+            return load_ct_seg_json(json_file, image_root, name)
+        manifest, split = entry["manifest"], entry["split"]
+        extra = tuple(entry.get("extra_columns", ()))
+        set_file_fields(name, manifest=manifest)
+        return load_csv_manifest(manifest, list(classes), None, split, extra_columns=extra)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise _entry_error(index_file, name, e) from None
 
 
-def public_not_prepared(out_root: str, name: str) -> Optional[str]:
-    """Why the predefined public dataset ``name`` cannot be loaded from ``out_root`` (no index,
-    no entry for it), or ``None``. Reads the index: for run-time checks, not for import."""
-    index_file = public_index_path(out_root)
+def public_not_prepared(out_root: Optional[str], name: str) -> Optional[str]:
+    """Why the public dataset ``name`` cannot be loaded from ``out_root`` (default: the dataset
+    root of this moment): no index, a corrupt one, no entry for it; else ``None``. Reads the
+    index: a run-time check, not for import."""
+    index_file = public_index_path(out_root or datasets_root())
     try:
         index = read_public_index(index_file)
     except DatasetError as e:
@@ -354,21 +378,21 @@ def public_not_prepared(out_root: str, name: str) -> Optional[str]:
     return None
 
 
-def register_public_lazily(out_root: str) -> List[str]:
+def register_public_lazily(out_root: Optional[str] = None) -> List[str]:
     """Register every :data:`PREDEFINED_PUBLIC` name not registered yet, reading nothing: the
-    index under ``out_root`` is read when the dataset is first loaded (a missing or corrupt
-    index is then a :class:`DatasetError` naming it). Returns the names registered now."""
+    index under ``out_root`` (default: ``$DETECTRON2_DATASETS`` when the dataset is loaded) is
+    read at the first load. Returns the names registered now."""
     names = []
     registered = set(DatasetCatalog.list())
     for name, (kind, classes) in PREDEFINED_PUBLIC.items():
         if name in registered:
             continue
-        DatasetCatalog.register(name, functools.partial(_load_indexed, out_root, name))
         if kind == "seg":
-            MetadataCatalog.get(name).set(thing_classes=list(classes), evaluator_type="coco")
+            metadata = {"thing_classes": list(classes), "evaluator_type": "coco"}
         else:
-            MetadataCatalog.get(name).set(image_classes=list(classes),
-                                          evaluator_type=CT_CLS_EVALUATOR)
+            metadata = {"image_classes": list(classes), "evaluator_type": CT_CLS_EVALUATOR}
+        register_lazily(name, functools.partial(_load_indexed, out_root, name),
+                        functools.partial(public_not_prepared, out_root, name), **metadata)
         names.append(name)
     return names
 
@@ -376,14 +400,14 @@ def register_public_lazily(out_root: str) -> List[str]:
 def register_public_datasets(out_root: str, registered: Sequence[str] = (),
                              replace: bool = False, strict: bool = True) -> List[str]:
     """Register the datasets listed in ``out_root/public/index.json`` (if present), skipping
-    names in ``registered``. With ``replace``, names already in Detectron2's catalogs (e.g.
-    registered on import from an earlier index) are dropped and registered again from the
-    current index. Returns the names registered now.
+    names in ``registered`` unless they still have their predefined (lazy) registration, which
+    an entry replaces. With ``replace``, names already in Detectron2's catalogs (e.g. from an
+    earlier index) are dropped and registered again from the current index. Returns the names
+    registered now.
 
     Args:
-        strict: raise :class:`DatasetError` for a corrupt index or a bad entry; ``False`` (used
-            at ``import oneshot_d2``) warns and skips it instead, so that a broken index never
-            breaks the import, nor the tool that rewrites it.
+        strict: raise :class:`DatasetError` for a corrupt index or a bad entry; ``False`` warns
+            and skips it instead (for a tool that must go on, e.g. the one that rewrites it).
     """
     index_file = public_index_path(out_root)
     try:
@@ -396,7 +420,7 @@ def register_public_datasets(out_root: str, registered: Sequence[str] = (),
         return []
     names = []
     for name, entry in index.items():
-        if name in registered:
+        if name in registered and not is_lazy(name):
             continue
         if replace and name in DatasetCatalog.list():
             DatasetCatalog.remove(name)
