@@ -21,6 +21,7 @@ from ..checkpoint import AtomicCheckpointer
 from ..compat import has_compiled_ops
 from ..data.build import build_oneshot_train_loader, check_image_classes
 from ..data.datasets.covid_ct import CT_CLS_EVALUATOR
+from ..data.datasets.lazy import resolve as resolve_dataset_files
 from ..data.mapper import CTDatasetMapper
 from ..errors import ConfigError
 from ..evaluation import ClassificationEvaluator, PerImageAPEvaluator
@@ -48,6 +49,9 @@ class OneShotTrainer(DefaultTrainer):
                         choose_threshold: bool = False) -> DatasetEvaluator:
         """The evaluator of the dataset's ``evaluator_type``; ``threshold`` / ``choose_threshold``
         are passed to a :class:`ClassificationEvaluator` (its operating point)."""
+        # a predefined dataset's file fields (json_file) before the COCO evaluator reads them,
+        # even when its test loader has not run yet
+        resolve_dataset_files(dataset_name)
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
         if evaluator_type == "coco":

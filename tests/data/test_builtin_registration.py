@@ -13,7 +13,7 @@ from oneshot_d2.data.datasets.public_ct import (
     register_public_lazily,
 )
 from oneshot_d2.errors import DatasetError
-from tests.common import TINY_PHANTOM, run_script
+from tests.common import AFFINITY_QUICK, TINY_PHANTOM, run_script
 from tests.data.test_public_datasets import make_ucsd
 
 _IMPORT_WATCHING_THE_DISK = """
@@ -41,6 +41,11 @@ for folder in (later, other):  # prepared after the import
     write_phantom_dataset(os.path.join(folder, "phantom"), spec)
 os.environ["DETECTRON2_DATASETS"] = later  # the dataset root changed after the import
 out["after"] = builtin_not_prepared("phantom_seg_train")
+from oneshot_d2.config import load_config
+from oneshot_d2.engine import OneShotTrainer
+cfg = load_config(sys.argv[4], ["OUTPUT_DIR", os.path.join(later, "out")])
+OneShotTrainer.build_evaluator(cfg, "phantom_seg_test")  # before the set's first load
+out["evaluator_json"] = MetadataCatalog.get("phantom_seg_test").json_file
 out["loaded"] = [len(DatasetCatalog.get("phantom_seg_train")),
                  len(DatasetCatalog.get("phantom_cls_val"))]
 out["same_metadata"] = MetadataCatalog.get("phantom_seg_train") is meta
@@ -58,14 +63,15 @@ def test_import_reads_nothing_and_the_files_are_found_at_load(tmp_path):
     # catches: a file check or index read back at import (registration from disk), the root
     # fixed at import (a dataset root set afterwards is checked but not loaded), the first load
     # putting a new Metadata object in place of the one an evaluator already holds (its file
-    # fields and category id map lost: COCO AP 0), or a user's own register_cncb_layout under
-    # a predefined prefix silently skipped
+    # fields and category id map lost: COCO AP 0), the trainer's COCO evaluator built before
+    # the first load without the original json_file, or a user's own register_cncb_layout
+    # under a predefined prefix silently skipped
     root = tmp_path / "d2_empty"
     (root / "public").mkdir(parents=True)
     (root / "public" / "index.json").write_text("{corrupt")
     later, other = tmp_path / "later", tmp_path / "other"
     r = run_script(["-c", _IMPORT_WATCHING_THE_DISK, json.dumps(TINY_PHANTOM), str(later),
-                    str(other)], tmp_path)
+                    str(other), AFFINITY_QUICK], tmp_path)
     assert r.returncode == 0, r.stderr
     line = next(x for x in r.stdout.splitlines() if x.startswith("RESULT "))
     out = json.loads(line[len("RESULT "):])
@@ -74,6 +80,9 @@ def test_import_reads_nothing_and_the_files_are_found_at_load(tmp_path):
     assert out["loaded"] == [TINY_PHANTOM["seg_train"], TINY_PHANTOM["cls_val"]]
     assert out["same_metadata"] and out["id_map"]
     assert out["json_file"] == str(later / "phantom" / "annotations" / "seg_train_merge.json")
+    # the trainer's COCO evaluator reads the original annotations, not a converted copy
+    assert out["evaluator_json"] == str(later / "phantom" / "annotations" /
+                                        "seg_test_merge.json")
     assert len(out["own"]) == 7 and "phantom_seg_train" in out["own"]
     assert out["own_images"] == [str(other / "phantom" / "classification" / "images")]
 

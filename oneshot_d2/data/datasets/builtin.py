@@ -41,7 +41,7 @@ from .covid_ct import (
     register_ct_seg,
 )
 from .label_masks import CNCB_CATEGORY_VALUES, cncb_masks_to_coco
-from .lazy import datasets_root, is_lazy, not_prepared, register_lazily, release, set_file_fields
+from .lazy import datasets_root, is_lazy, not_prepared, register_lazily, release
 from .public_ct import register_public_lazily
 
 __all__ = ["BUILTIN_LAYOUTS", "prepare_cncb_layout", "register_cncb_layout",
@@ -126,17 +126,22 @@ def _layout_paths(folder: str, suffix: str, root: Optional[str]) -> Tuple[str, s
     return kind, path, images
 
 
+def _layout_fields(folder: str, suffix: str, root: Optional[str]) -> Dict[str, str]:
+    """The metadata file fields of a predefined layout split (what ``register_ct_seg`` /
+    ``register_covidx_cls`` set)."""
+    kind, path, images = _layout_paths(folder, suffix, root)
+    key = "split_file" if kind == "cls" else "json_file"
+    return {key: path, "image_root": images}
+
+
 def _load_layout(name: str, folder: str, suffix: str, root: Optional[str]) -> List[Dict]:
-    """The loader of a predefined layout name: its files found now, its metadata's file fields
-    set at the first load."""
+    """The dataset dicts of a predefined layout split, its files found now."""
     kind, path, images = _layout_paths(folder, suffix, root)
     if not os.path.isfile(path):
         raise DatasetError(f"dataset {name!r} is not prepared: {path} not found "
                            f"({PREPARE_HINTS[folder]})")
     if kind == "cls":
-        set_file_fields(name, split_file=path, image_root=images)
         return load_covidx_split(path, images, COVIDX_CLASSES)
-    set_file_fields(name, json_file=path, image_root=images)
     return load_ct_seg_json(path, images, name)
 
 
@@ -163,7 +168,8 @@ def register_all_builtin(root: Optional[str] = None) -> List[str]:
             else:
                 metadata = {"thing_classes": list(CNCB_CATEGORY_VALUES[kind]),
                             "evaluator_type": "coco"}
-            register_lazily(name, functools.partial(_load_layout, name, folder, suffix, root),
+            register_lazily(name, functools.partial(_layout_fields, folder, suffix, root),
+                            functools.partial(_load_layout, name, folder, suffix, root),
                             functools.partial(_layout_missing, folder, suffix, root), **metadata)
             names.append(name)
     names += register_public_lazily(root)

@@ -1,11 +1,12 @@
 """Predefined dataset names registered at import without touching the disk, as Detectron2's
 ``builtin.py`` does. Each name gets a loader that finds its files when the dataset is loaded and
 a probe that says, at run time, why it cannot be loaded yet; the file fields of its metadata
-(``json_file``, ``image_root``, ...) are set on its one ``Metadata`` object at the first load, so
-an evaluator built before that load sees them too. A user's own registration under a predefined
-name replaces the predefined one (:func:`release`)."""
+(``json_file``, ``image_root``, ...) are set on its one ``Metadata`` object at the first load or
+at :func:`resolve` (the trainer resolves its test sets before it builds their evaluators). A
+user's own registration under a predefined name replaces the predefined one (:func:`release`)."""
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any, Callable, Dict, List, Optional
 
@@ -13,10 +14,19 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from ...errors import DatasetError
 
-__all__ = ["datasets_root", "register_lazily", "is_lazy", "release", "not_prepared",
-           "set_file_fields"]
+__all__ = ["datasets_root", "register_lazily", "resolve", "is_lazy", "release", "not_prepared"]
 
-_PROBES: Dict[str, Callable[[], Optional[str]]] = {}
+
+class _Lazy:
+    """How to find, check and load one predefined dataset."""
+
+    def __init__(self, files: Callable[[], Dict[str, str]], load: Callable[[], List[Dict]],
+                 probe: Callable[[], Optional[str]]):
+        self.files, self.load, self.probe = files, load, probe
+        self.fields_set: Dict[str, Any] = {}  # the file fields this module set on the metadata
+
+
+_LAZY: Dict[str, _Lazy] = {}
 
 
 def datasets_root() -> str:
@@ -24,25 +34,53 @@ def datasets_root() -> str:
     return os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
 
 
-def register_lazily(name: str, loader: Callable[[], List[Dict]],
-                    probe: Callable[[], Optional[str]], **metadata: Any) -> None:
-    """Register ``name`` with ``loader`` (called by ``DatasetCatalog.get``) and the static
-    ``metadata`` (classes, evaluator type); ``probe()`` returns why the dataset cannot be loaded
-    now (a missing file and how to prepare it) or ``None``."""
-    DatasetCatalog.register(name, loader)
+def register_lazily(name: str, files: Callable[[], Dict[str, str]],
+                    load: Callable[[], List[Dict]], probe: Callable[[], Optional[str]],
+                    **metadata: Any) -> None:
+    """Register ``name`` with the static ``metadata`` (classes, evaluator type) and a loader
+    that sets the file fields ``files()`` finds (``json_file``, ``image_root``, ...) on the
+    name's metadata, then returns ``load()``; ``probe()`` says why the dataset cannot be loaded
+    now (a missing file and how to prepare it) or returns ``None``."""
+    _LAZY[name] = _Lazy(files, load, probe)
+    DatasetCatalog.register(name, functools.partial(_load, name))
     MetadataCatalog.get(name).set(**metadata)
-    _PROBES[name] = probe
+
+
+def _load(name: str) -> List[Dict]:
+    resolve(name)
+    return _LAZY[name].load()
+
+
+def resolve(name: str) -> None:
+    """Set the file fields of a predefined dataset on its metadata now (e.g. before its
+    evaluator is built, so that a COCO evaluator reads the original annotation file); nothing
+    for other names."""
+    lazy = _LAZY.get(name)
+    if lazy is None:
+        return
+    meta = MetadataCatalog.get(name)
+    for key, value in lazy.files().items():
+        old = meta.get(key, None)
+        if old is None:
+            meta.set(**{key: value})
+            lazy.fields_set[key] = value
+        elif old != value and lazy.fields_set.get(key) == old:
+            raise DatasetError(f"dataset {name!r}: {key} is now {value!r} but was {old!r} when it "
+                               "was first used in this process (its files moved, e.g. "
+                               "$DETECTRON2_DATASETS changed); restart to load it from there")
+        # another value set by someone else (a COCO evaluator's converted copy of the
+        # annotations) is theirs to keep
 
 
 def is_lazy(name: str) -> bool:
     """Whether ``name`` still has its predefined (lazy) registration."""
-    return name in _PROBES
+    return name in _LAZY
 
 
 def release(name: str) -> bool:
     """Drop the predefined registration of ``name`` so that the caller can register its own
     under that name; ``False`` (nothing done) when ``name`` is not a predefined one."""
-    if _PROBES.pop(name, None) is None:
+    if _LAZY.pop(name, None) is None:
         return False
     if name in DatasetCatalog.list():
         DatasetCatalog.remove(name)
@@ -54,23 +92,5 @@ def release(name: str) -> bool:
 def not_prepared(name: str) -> Optional[str]:
     """Why the predefined dataset ``name`` cannot be loaded now, or ``None`` (also for a name
     that is not, or no longer, a predefined registration)."""
-    probe = _PROBES.get(name)
-    return None if probe is None else probe()
-
-
-def set_file_fields(name: str, **fields: Any) -> None:
-    """Set file fields on ``name``'s metadata at its load (the same object, not a new one).
-
-    Raises:
-        DatasetError: a field already holds another value (the files moved since the first
-            load in this process, e.g. ``$DETECTRON2_DATASETS`` changed).
-    """
-    meta = MetadataCatalog.get(name)
-    for key, value in fields.items():
-        old = meta.get(key, None)
-        if old is None:
-            meta.set(**{key: value})
-        elif old != value:
-            raise DatasetError(f"dataset {name!r}: {key} is now {value!r} but was {old!r} when it "
-                               "was first loaded in this process (its files moved, e.g. "
-                               "$DETECTRON2_DATASETS changed); restart to load it from there")
+    lazy = _LAZY.get(name)
+    return None if lazy is None else lazy.probe()

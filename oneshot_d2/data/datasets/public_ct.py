@@ -49,7 +49,7 @@ from .covid_ct import (
     register_ct_seg,
 )
 from .label_masks import label_masks_to_coco
-from .lazy import datasets_root, is_lazy, register_lazily, release, set_file_fields
+from .lazy import datasets_root, is_lazy, register_lazily, release
 
 __all__ = ["MEDSEG_CATEGORY_VALUES", "BINARY_LESION_VALUES", "UCSD_CLASSES", "MOSMED_CLASSES",
            "read_manifest", "medseg_to_coco", "covid19_ct_seg_to_coco", "split_volumes",
@@ -336,10 +336,9 @@ PREDEFINED_PUBLIC: Dict[str, Tuple[str, Tuple[str, ...]]] = {
 }
 
 
-def _load_indexed(out_root: Optional[str], name: str) -> List[Dict]:
-    """The loader of a predefined public name: read the index now (under ``out_root``, or the
-    dataset root of this moment), set the entry's file fields on the name's metadata and load
-    the entry's files."""
+def _indexed_entry(out_root: Optional[str], name: str) -> Tuple[str, Mapping]:
+    """(index file, entry) of a predefined public name, read now; DatasetError when it is not
+    prepared or its entry does not fit the name."""
     index_file = public_index_path(out_root or datasets_root())
     reason = public_not_prepared(out_root, name)
     if reason is not None:
@@ -351,14 +350,31 @@ def _load_indexed(out_root: Optional[str], name: str) -> List[Dict]:
             raise DatasetError(f"{index_file}: entry {name!r} is a {entry.get('type')!r} set of "
                                f"classes {entry.get('classes')}, expected {kind!r} with "
                                f"{list(classes)}")
-        if kind == "seg":
-            json_file, image_root = entry["json"], entry["image_root"]
-            set_file_fields(name, json_file=json_file, image_root=image_root)
-            return load_ct_seg_json(json_file, image_root, name)
-        manifest, split = entry["manifest"], entry["split"]
-        extra = tuple(entry.get("extra_columns", ()))
-        set_file_fields(name, manifest=manifest)
-        return load_csv_manifest(manifest, list(classes), None, split, extra_columns=extra)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise _entry_error(index_file, name, e) from None
+    return index_file, entry
+
+
+def _indexed_fields(out_root: Optional[str], name: str) -> Dict[str, str]:
+    """The metadata file fields of a predefined public name (what ``register_ct_seg`` /
+    ``register_csv_cls`` set)."""
+    index_file, entry = _indexed_entry(out_root, name)
+    try:
+        if entry["type"] == "seg":
+            return {"json_file": entry["json"], "image_root": entry["image_root"]}
+        return {"manifest": entry["manifest"]}
+    except (KeyError, TypeError) as e:
+        raise _entry_error(index_file, name, e) from None
+
+
+def _load_indexed(out_root: Optional[str], name: str) -> List[Dict]:
+    """The dataset dicts of a predefined public name, its index entry read now."""
+    index_file, entry = _indexed_entry(out_root, name)
+    try:
+        if entry["type"] == "seg":
+            return load_ct_seg_json(entry["json"], entry["image_root"], name)
+        return load_csv_manifest(entry["manifest"], list(entry["classes"]), None, entry["split"],
+                                 extra_columns=tuple(entry.get("extra_columns", ())))
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise _entry_error(index_file, name, e) from None
 
@@ -391,7 +407,8 @@ def register_public_lazily(out_root: Optional[str] = None) -> List[str]:
             metadata = {"thing_classes": list(classes), "evaluator_type": "coco"}
         else:
             metadata = {"image_classes": list(classes), "evaluator_type": CT_CLS_EVALUATOR}
-        register_lazily(name, functools.partial(_load_indexed, out_root, name),
+        register_lazily(name, functools.partial(_indexed_fields, out_root, name),
+                        functools.partial(_load_indexed, out_root, name),
                         functools.partial(public_not_prepared, out_root, name), **metadata)
         names.append(name)
     return names
