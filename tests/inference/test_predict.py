@@ -328,31 +328,6 @@ def test_cli_wrong_checkpoint_writes_nothing(study_inputs, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", ["predict-swap"])
-def test_cli_killed_while_replacing_leaves_a_complete_study(study_inputs, cli_opts, tmp_path,
-                                                            stage):
-    """kill -9 between the renames of a study folder (the real script, in a subprocess): the
-    next run puts a complete folder back, never half of one. (The other kill point, old folder
-    not yet deleted, is the same utils.file_io.replace_folder as prepare_phantom's, tested in
-    tests/data/test_phantom_overwrite.py.)"""
-    root, nifti = study_inputs
-    out = tmp_path / "out"
-    assert _run("--input", nifti, "--output", str(out), "--no-progress", *cli_opts
-                ).returncode == 0
-    killed = _run("--input", nifti, "--output", str(out), "--no-progress", *cli_opts,
-                  env={"ONESHOT_D2_TEST_KILL_AT": stage})
-    assert killed.returncode == -9
-    from oneshot_d2.inference.outputs import is_predict_folder
-
-    if stage == "predict-delete-old":
-        assert is_predict_folder(str(out / "patient"))
-    res = _run("--input", nifti, "--output", str(out), "--no-progress", *cli_opts)
-    assert res.returncode == 0
-    assert is_predict_folder(str(out / "patient"))
-    assert sorted(os.listdir(out)) == ["patient", "slices.csv", "studies.csv"]
-
-
-@pytest.mark.slow
 def test_prepare_phantom_study_cli(tmp_path):
     spec = importlib.util.spec_from_file_location(
         "prepare_phantom_study", os.path.join(REPO, "datasets", "prepare_phantom_study.py"))
