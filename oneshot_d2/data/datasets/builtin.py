@@ -34,7 +34,6 @@ from detectron2.data import DatasetCatalog
 from ...errors import DatasetError
 from .covid_ct import (
     COVIDX_CLASSES,
-    CT_CLS_EVALUATOR,
     load_covidx_split,
     load_ct_seg_json,
     register_covidx_cls,
@@ -162,15 +161,11 @@ def register_all_builtin(root: Optional[str] = None) -> List[str]:
             name = prefix + suffix
             if name in registered:
                 continue
-            if kind == "cls":
-                metadata = {"image_classes": list(COVIDX_CLASSES),
-                            "evaluator_type": CT_CLS_EVALUATOR}
-            else:
-                metadata = {"thing_classes": list(CNCB_CATEGORY_VALUES[kind]),
-                            "evaluator_type": "coco"}
+            classes = COVIDX_CLASSES if kind == "cls" else CNCB_CATEGORY_VALUES[kind]
             register_lazily(name, functools.partial(_layout_fields, folder, suffix, root),
                             functools.partial(_load_layout, name, folder, suffix, root),
-                            functools.partial(_layout_missing, folder, suffix, root), **metadata)
+                            functools.partial(_layout_missing, folder, suffix, root), classes,
+                            slice_classes=kind == "cls")
             names.append(name)
     names += register_public_lazily(root)
     return names

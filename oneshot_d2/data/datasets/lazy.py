@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from ...errors import DatasetError
+from .covid_ct import CT_CLS_EVALUATOR
 
 __all__ = ["datasets_root", "register_lazily", "resolve", "is_lazy", "release", "not_prepared"]
 
@@ -36,14 +37,20 @@ def datasets_root() -> str:
 
 def register_lazily(name: str, files: Callable[[], Dict[str, str]],
                     load: Callable[[], List[Dict]], probe: Callable[[], Optional[str]],
-                    **metadata: Any) -> None:
-    """Register ``name`` with the static ``metadata`` (classes, evaluator type) and a loader
-    that sets the file fields ``files()`` finds (``json_file``, ``image_root``, ...) on the
-    name's metadata, then returns ``load()``; ``probe()`` says why the dataset cannot be loaded
-    now (a missing file and how to prepare it) or returns ``None``."""
+                    classes: Sequence[str], slice_classes: bool) -> None:
+    """Register ``name`` with its static metadata (``classes`` as ``image_classes`` and the
+    classification evaluator when ``slice_classes``, else as ``thing_classes`` and the COCO
+    evaluator) and a loader that sets the file fields ``files()`` finds (``json_file``,
+    ``image_root``, ...) on the name's metadata, then returns ``load()``; ``probe()`` says why
+    the dataset cannot be loaded now (a missing file and how to prepare it) or returns
+    ``None``."""
     _LAZY[name] = _Lazy(files, load, probe)
     DatasetCatalog.register(name, functools.partial(_load, name))
-    MetadataCatalog.get(name).set(**metadata)
+    if slice_classes:
+        MetadataCatalog.get(name).set(image_classes=list(classes),
+                                      evaluator_type=CT_CLS_EVALUATOR)
+    else:
+        MetadataCatalog.get(name).set(thing_classes=list(classes), evaluator_type="coco")
 
 
 def _load(name: str) -> List[Dict]:

@@ -42,7 +42,6 @@ from ...utils.file_lock import file_lock
 from ...utils.temp_names import clean_orphans
 from ..io import read_manifest
 from .covid_ct import (
-    CT_CLS_EVALUATOR,
     load_csv_manifest,
     load_ct_seg_json,
     register_csv_cls,
@@ -340,10 +339,14 @@ def _indexed_entry(out_root: Optional[str], name: str) -> Tuple[str, Mapping]:
     """(index file, entry) of a predefined public name, read now; DatasetError when it is not
     prepared or its entry does not fit the name."""
     index_file = public_index_path(out_root or datasets_root())
-    reason = public_not_prepared(out_root, name)
+    try:
+        index = read_public_index(index_file)
+        reason = _missing_entry(index_file, index, name)
+    except DatasetError as e:
+        reason = str(e)
     if reason is not None:
         raise DatasetError(f"dataset {name!r} is not prepared: {reason} ({PREPARE_HINT})")
-    entry = read_public_index(index_file)[name]
+    entry = index[name]
     kind, classes = PREDEFINED_PUBLIC[name]
     try:
         if entry.get("type") != kind or tuple(entry["classes"]) != tuple(classes):
@@ -385,13 +388,17 @@ def public_not_prepared(out_root: Optional[str], name: str) -> Optional[str]:
     index: a run-time check, not for import."""
     index_file = public_index_path(out_root or datasets_root())
     try:
-        index = read_public_index(index_file)
+        return _missing_entry(index_file, read_public_index(index_file), name)
     except DatasetError as e:
         return str(e)
-    if name not in index:
-        return (f"no entry {name!r} in {index_file}" if os.path.isfile(index_file)
-                else f"{index_file} not found")
-    return None
+
+
+def _missing_entry(index_file: str, index: Mapping, name: str) -> Optional[str]:
+    """Why ``index`` (read from ``index_file``) has no entry ``name``, or ``None``."""
+    if name in index:
+        return None
+    return (f"no entry {name!r} in {index_file}" if os.path.isfile(index_file)
+            else f"{index_file} not found")
 
 
 def register_public_lazily(out_root: Optional[str] = None) -> List[str]:
@@ -403,13 +410,10 @@ def register_public_lazily(out_root: Optional[str] = None) -> List[str]:
     for name, (kind, classes) in PREDEFINED_PUBLIC.items():
         if name in registered:
             continue
-        if kind == "seg":
-            metadata = {"thing_classes": list(classes), "evaluator_type": "coco"}
-        else:
-            metadata = {"image_classes": list(classes), "evaluator_type": CT_CLS_EVALUATOR}
         register_lazily(name, functools.partial(_indexed_fields, out_root, name),
                         functools.partial(_load_indexed, out_root, name),
-                        functools.partial(public_not_prepared, out_root, name), **metadata)
+                        functools.partial(public_not_prepared, out_root, name), classes,
+                        slice_classes=kind == "cls")
         names.append(name)
     return names
 
