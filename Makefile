@@ -5,9 +5,11 @@ export DETECTRON2_DATASETS ?= datasets
 DEMO_CONFIG ?= configs/quick_schedules/oneshot_affinity_R_18_FPN_phantom_quick.yaml
 DEMO_OPTS ?=
 PYTEST_ARGS ?=
-# one pytest process per core (pytest-xdist); a module's tests stay in one process; `make test`
-# lists its 25 slowest tests at the end (where the time goes)
-PYTEST_PARALLEL ?= -n auto --dist loadscope
+# one pytest process per core (pytest-xdist); a module's tests stay in one process, and modules
+# start in the order tests/conftest.py gives (the longest first; without --no-loadscope-reorder
+# pytest-xdist would start the modules with the most tests first and the longest one late, alone
+# at the end); `make test` lists its 25 slowest tests at the end (where the time goes)
+PYTEST_PARALLEL ?= -n auto --dist loadscope --no-loadscope-reorder
 
 DEMO_OUTPUT ?= output/$(basename $(notdir $(DEMO_CONFIG)))
 PREDICT_OUTPUT ?= output/predict_demo

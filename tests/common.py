@@ -38,6 +38,11 @@ TINY = ("INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "128",
         "SOLVER.IMS_PER_BATCH", "2", "SOLVER.CLS_IMS_PER_BATCH", "2",
         "DATALOADER.NUM_WORKERS", "0")
 
+# Narrower one-shot heads for tests of plumbing rather than learning: 32 affinities and 128-channel
+# mask features (the image head's width follows), a quarter of the mask branches' convolutions.
+SMALL_HEADS = ("MODEL.ONESHOT.IMAGE_HEAD.NUM_AFFINITIES", "32",
+               "MODEL.ROI_MASK_HEAD.CONV_DIM", "128")
+
 
 def dataset_opts(prefix: str, separate: bool = False) -> Tuple[str, ...]:
     """DATASETS.* options for a phantom registered under ``prefix``

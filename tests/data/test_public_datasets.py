@@ -244,9 +244,11 @@ def test_checker_on_phantom(phantom_root, unique_name):
     assert not report.problems("not checkable")
 
 
-def _prepare_shared(tmp_path, prefix: str) -> str:
-    """Convert the four shared public sources and register them under ``<prefix>_<name>``."""
-    out = str(tmp_path / "d2")
+@pytest.fixture(scope="module")
+def shared_prefix(tmp_path_factory) -> str:
+    """The four shared public sources converted once for the module's tests and registered
+    under ``shared_<name>``."""
+    prefix, out = "shared", str(tmp_path_factory.mktemp("shared") / "d2")
     index = prepare_public_datasets(
         out, os.path.join(SHARED, "medseg98"), os.path.join(SHARED, "covid19_ct_seg"),
         os.path.join(SHARED, "ucsd_covid_ct"), mosmed=os.path.join(SHARED, "mosmed"))
@@ -258,8 +260,8 @@ def _prepare_shared(tmp_path, prefix: str) -> str:
 
 @pytest.mark.slow
 @needs_shared
-def test_shared_real_data_convert_and_check(tmp_path, unique_name):
-    prefix = _prepare_shared(tmp_path, unique_name + "_real")
+def test_shared_real_data_convert_and_check(shared_prefix):
+    prefix = shared_prefix
     medseg = DatasetCatalog.get(f"{prefix}_medseg_seg_sep_train")
     assert len(medseg) == 50
     assert {a["category_id"] for d in medseg for a in d["annotations"]} == {0, 1}
@@ -292,14 +294,14 @@ def _register_subset(name: str, source: str, n: int) -> None:
 
 @pytest.mark.slow
 @needs_shared
-def test_real_2cls_config_trains_and_evaluates(tmp_path, unique_name):
+def test_real_2cls_config_trains_and_evaluates(shared_prefix, tmp_path):
     """The real-data experiment config, 2 iterations on small subsets of the shared data: the
     2-class path (UCSD COVID / NonCOVID) end to end with real images of mixed sizes."""
     from detectron2.engine import default_argument_parser
 
     from oneshot_d2.engine import main
 
-    prefix = _prepare_shared(tmp_path, unique_name + "_r2")
+    prefix = shared_prefix
     names = {}
     for key in ("covid19_ct_seg_train", "medseg_seg_train", "ucsd_cls_train",
                 "covid19_ct_seg_test", "ucsd_cls_val"):

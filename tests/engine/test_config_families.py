@@ -14,6 +14,7 @@ from oneshot_d2.engine.hooks import SEG_LOSS_KEYS
 from tests.common import (
     AFFINITY_QUICK,
     LSTM_QUICK,
+    SMALL_HEADS,
     TINY,
     config_path,
     dataset_opts,
@@ -88,7 +89,7 @@ def test_image_head_untouched_before_the_start_iteration(prefix, tmp_path):
 def test_saved_model_is_the_evaluated_model(prefix, tmp_path):
     """A copy at the last iteration (COPY.MODE period) lands before PreciseBN, the checkpoint
     and the evaluation: --eval-only of model_final.pth reproduces the final evaluation."""
-    opts = (*TINY, *dataset_opts(prefix), "SEED", "3", "SOLVER.MAX_ITER", "2",
+    opts = (*TINY, *SMALL_HEADS, *dataset_opts(prefix), "SEED", "3", "SOLVER.MAX_ITER", "2",
             "MODEL.ONESHOT.IMAGE_HEAD.LOSS_START_ITER", "1", "TEST.PRECISE_BN.NUM_ITER", "2",
             "MODEL.ONESHOT.COPY.MODE", "period", "MODEL.ONESHOT.COPY.PERIOD", "2")
     trained = main(train_args(AFFINITY_QUICK, tmp_path, *opts))
@@ -105,7 +106,7 @@ def test_saved_model_is_the_evaluated_model(prefix, tmp_path):
 
 
 def test_resume_restores_copy_hook_state(prefix, tmp_path):
-    opts = (*TINY, *dataset_opts(prefix), "SEED", "3", "DATASETS.TEST", "()",
+    opts = (*TINY, *SMALL_HEADS, *dataset_opts(prefix), "SEED", "3", "DATASETS.TEST", "()",
             "MODEL.ONESHOT.IMAGE_HEAD.LOSS_START_ITER", "0", "TEST.PRECISE_BN.NUM_ITER", "2")
     main(train_args(AFFINITY_QUICK, tmp_path, *opts, "SOLVER.MAX_ITER", "2"))
     ckpt = torch.load(tmp_path / "model_final.pth", map_location="cpu", weights_only=True)
@@ -132,7 +133,8 @@ def test_two_process_launch_across_the_image_loss_start(phantom_root, tmp_path):
     parameters and buffers (BN runs as naiveSyncBN) on both replicas afterwards."""
     from tests.engine.launch_worker import train_and_fingerprint
 
-    args = train_args(AFFINITY_QUICK, tmp_path, *TINY, *dataset_opts("launch"), "SEED", "3",
+    args = train_args(AFFINITY_QUICK, tmp_path, *TINY, *SMALL_HEADS, *dataset_opts("launch"),
+                      "SEED", "3",
                       "DATASETS.TEST", "()", "SOLVER.MAX_ITER", "4", "TEST.PRECISE_BN.NUM_ITER",
                       "2", "MODEL.ONESHOT.IMAGE_HEAD.LOSS_START_ITER", "2")
     assert make_cfg(AFFINITY_QUICK).MODEL.ONESHOT.IMAGE_HEAD.NORM == "BN"

@@ -8,12 +8,12 @@ from detectron2.data import DatasetCatalog
 
 from oneshot_d2.data.datasets.builtin import register_cncb_layout
 from oneshot_d2.engine.head_ceiling import cache_roi_features, train_head_on_features
-from tests.common import AFFINITY_QUICK, TINY, make_cfg, seeded_model
+from tests.common import AFFINITY_QUICK, SMALL_HEADS, TINY, make_cfg, seeded_model
 
 pytestmark = pytest.mark.slow
 
 
-OPTS = TINY + ("MODEL.ONESHOT.IMAGE_HEAD.NUM_AFFINITIES", "32")
+OPTS = TINY + SMALL_HEADS
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,15 @@ from oneshot_d2.data.datasets.builtin import register_cncb_layout
 from oneshot_d2.engine import OneShotTrainer
 from oneshot_d2.engine.profiling import StageTimer, stage_flops
 from oneshot_d2.modeling import image_cls_only
-from tests.common import AFFINITY_QUICK, LSTM_QUICK, TINY, config_path, make_cfg, seeded_model
+from tests.common import (
+    AFFINITY_QUICK,
+    LSTM_QUICK,
+    SMALL_HEADS,
+    TINY,
+    config_path,
+    make_cfg,
+    seeded_model,
+)
 from tests.golden_inputs import golden_items
 
 PAPER = {
@@ -132,7 +140,7 @@ def _assert_equal_to_reference(model, x):
 
 @pytest.fixture(params=[AFFINITY_QUICK, LSTM_QUICK], ids=["affinity", "lstm"])
 def model(request):
-    cfg = make_cfg(request.param, *TINY, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
+    cfg = make_cfg(request.param, *TINY, *SMALL_HEADS, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
                    "MODEL.ONESHOT.ROI_BATCH_SIZE", "4")
     m = seeded_model(cfg).eval()
     m.roi_heads.copy_seg_to_cls()
@@ -208,7 +216,7 @@ def test_trainer_evaluates_classification_sets_on_the_slice_class_path(phantom_r
     call), with the same metrics as with the full inference; the segmentation set keeps its
     lesions."""
     register_cncb_layout(phantom_root, "sp")
-    cfg = make_cfg(AFFINITY_QUICK, *TINY, "MODEL.DEVICE", "cpu",
+    cfg = make_cfg(AFFINITY_QUICK, *TINY, *SMALL_HEADS, "MODEL.DEVICE", "cpu",
                    "DATASETS.TEST", "('sp_seg_test', 'sp_cls_test')")
     model = seeded_model(cfg).eval()
     model.roi_heads.copy_seg_to_cls()

@@ -35,10 +35,9 @@ from oneshot_d2.inference import (
 )
 from oneshot_d2.inference.report import lesion_label_map, negative_class_index
 from oneshot_d2.inference.study_prediction import model_slices
-from tests.common import AFFINITY_QUICK, REPO, TINY, make_cfg, seeded_model
+from tests.common import AFFINITY_QUICK, REPO, SMALL_HEADS, TINY, make_cfg, seeded_model
 
 PREDICT = os.path.join(REPO, "tools", "predict.py")
-SMALL = ("MODEL.ONESHOT.IMAGE_HEAD.NUM_AFFINITIES", "32")
 
 
 # ------------------------------------------------------------------------------------------
@@ -132,7 +131,7 @@ def test_patient_rule_fraction_and_negative_class():
 @pytest.fixture(scope="module")
 def cfg(phantom_root):
     register_cncb_layout(phantom_root, "pr")
-    return make_cfg(AFFINITY_QUICK, *TINY, *SMALL, "DATASETS.TRAIN", "('pr_seg_train',)",
+    return make_cfg(AFFINITY_QUICK, *TINY, *SMALL_HEADS, "DATASETS.TRAIN", "('pr_seg_train',)",
                     "DATASETS.TRAIN_CLS", "('pr_cls_train',)",
                     "DATASETS.TEST", "('pr_seg_test', 'pr_cls_test')")
 
@@ -268,7 +267,7 @@ def study_inputs(tmp_path_factory, covid_study):
 @pytest.fixture(scope="module")
 def cli_opts(weights, phantom_root):
     """Config options for the CLI: the tiny model of the fixtures (datasets are not needed)."""
-    return ["--config-file", AFFINITY_QUICK, *TINY, *SMALL, "MODEL.WEIGHTS", weights]
+    return ["--config-file", AFFINITY_QUICK, *TINY, *SMALL_HEADS, "MODEL.WEIGHTS", weights]
 
 
 @pytest.mark.slow

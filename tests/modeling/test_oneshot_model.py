@@ -10,13 +10,13 @@ from detectron2.utils.events import EventStorage
 from oneshot_d2.data.datasets.builtin import register_cncb_layout
 from oneshot_d2.engine import OneShotTrainer
 from oneshot_d2.engine.hooks import SEG_LOSS_KEYS, CopyClsBranchesHook
-from tests.common import AFFINITY_QUICK, TINY, make_cfg, seeded_model, split_batch
+from tests.common import AFFINITY_QUICK, SMALL_HEADS, TINY, make_cfg, seeded_model, split_batch
 
 
 @pytest.fixture(scope="module")
 def cfg(phantom_root):
     register_cncb_layout(phantom_root, "om")
-    return make_cfg(AFFINITY_QUICK, *TINY, "MODEL.ONESHOT.IMAGE_HEAD.NUM_AFFINITIES", "32",
+    return make_cfg(AFFINITY_QUICK, *TINY, *SMALL_HEADS,
                     "DATASETS.TRAIN", "('om_seg_train',)",
                     "DATASETS.TRAIN_CLS", "('om_cls_train',)")
 
