@@ -3,6 +3,7 @@
     python tools/predict.py --config-file CFG MODEL.WEIGHTS output/model_final.pth \\
         --input scan_dicom_folder/ patient.nii.gz slices/ --output predictions/ \\
         [--batch-size 8] [--device cpu|cuda] [--save-overlays] [--save-nifti]
+        [--keep-identifiers]
 
 One study per DICOM series (a folder tree may hold several), per NIfTI file, per folder of
 image files or per single image file. Hounsfield-unit inputs are windowed with the config's
@@ -11,7 +12,8 @@ image files or per single image file. Hounsfield-unit inputs are windowed with t
 study ``report.json`` (geometry, model, patient-level result, lesion burden, per-slice results),
 its ``slices.csv`` and ``config.yaml``, overlays and a summary figure (``--save-overlays``), the
 lesion label volume as NIfTI in the input's geometry (``--save-nifti``). Every output is written
-atomically.
+atomically. No output holds a DICOM study's patient identifiers (PatientID, UIDs, its paths and
+file names) unless ``--keep-identifiers``.
 
 Exit status: 0 when every study was written; 2 when a study could not be read or written (one
 line ``predict: error: <file>: <problem>`` each, the other studies still complete) or when the
@@ -59,6 +61,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    help="one PNG per slice and a summary figure per study")
     p.add_argument("--save-nifti", action="store_true",
                    help="the lesion label volume as NIfTI in the input's geometry")
+    p.add_argument("--keep-identifiers", action="store_true",
+                   help="name DICOM studies <PatientID>_<SeriesNumber> and keep PatientID, "
+                        "UIDs, SeriesDescription, paths and file names in the outputs "
+                        "(default: none of them; docs/predict.md)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
                    help="config options, e.g. MODEL.WEIGHTS output/model_final.pth")
@@ -76,7 +82,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     cfg = load_config(args.config_file, args.opts)
     resolve_device(cfg, args.device or "")  # --device cuda without a GPU: refused
-    refs, errors = find_studies(args.input)
+    refs, errors = find_studies(args.input, keep_identifiers=args.keep_identifiers)
     failed = len(errors)
     for e in errors:
         print(f"predict: error: {error_message(e)}", file=sys.stderr)

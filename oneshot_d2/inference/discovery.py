@@ -36,12 +36,14 @@ class StudyRef:
         kind: the reader's kind: ``"dicom"``, ``"nifti"`` or ``"image"``.
         files: the files that make the study (DICOM: the series' files; NIfTI: one file;
             images: the slices in natural name order).
+        keep_identifiers: the reader keeps the patient's identifiers (:class:`ReadOptions`).
     """
 
     name: str
     source: str
     kind: str
     files: List[str] = field(default_factory=list)
+    keep_identifiers: bool = False
 
     def load(self, png_hu_offset: Optional[float] = None) -> Study:
         """Read the study (pixels and geometry) with its format's reader.
@@ -57,7 +59,8 @@ class StudyRef:
         if reader is None:
             raise StudyError(f"{self.source}: unknown study kind {self.kind!r}")
         return reader.load(self.files, name=self.name, source=self.source,
-                           options=ReadOptions(png_hu_offset=png_hu_offset))
+                           options=ReadOptions(png_hu_offset=png_hu_offset,
+                                               keep_identifiers=self.keep_identifiers))
 
 
 class _Names:
@@ -89,7 +92,8 @@ def _walk(folder: str) -> List[str]:
     return out
 
 
-def find_studies(paths: Sequence[str]) -> Tuple[List[StudyRef], List[StudyError]]:
+def find_studies(paths: Sequence[str], keep_identifiers: bool = False
+                 ) -> Tuple[List[StudyRef], List[StudyError]]:
     """Every study under the given files / folders, in input order, without reading pixels.
 
     * a DICOM file, or a folder (tree) holding DICOM files: one study per SeriesInstanceUID
@@ -100,9 +104,15 @@ def find_studies(paths: Sequence[str]) -> Tuple[List[StudyRef], List[StudyError]
 
     Within a folder, studies are listed by format in the registry's order (DICOM, NIfTI,
     images). Study names are unique within the call and file-system safe: DICOM
+    ``series-<hash of its UIDs>``, NIfTI the file name without ``.nii`` / ``.nii.gz``, an image
+    folder its name, a single image its stem; repeats get ``-2``, ``-3``... suffixes.
+
+    Without ``keep_identifiers``, a DICOM study's source is the input's position
+    (``input 2``: the second path given), not a path (folders and files are often named
+    after the patient or a UID). With it, DICOM studies are named
     ``<PatientID>_<SeriesNumber or last 8 characters of SeriesInstanceUID>`` (the folder name
-    without PatientID), NIfTI the file name without ``.nii`` / ``.nii.gz``, an image folder its
-    name, a single image its stem; repeats get ``-2``, ``-3``... suffixes.
+    without PatientID) and sourced by path, and their reader keeps the identifiers
+    (:mod:`.readers.dicom`).
 
     Returns:
         ``(studies, errors)``: problems found here (missing path, empty folder, unsupported
@@ -113,12 +123,14 @@ def find_studies(paths: Sequence[str]) -> Tuple[List[StudyRef], List[StudyError]
     names = _Names()
     studies: List[StudyRef] = []
     errors: List[StudyError] = []
-    for path in paths:
+    for k, path in enumerate(paths, 1):
         path = str(path)
+        found = _Found(names, studies, ReadOptions(keep_identifiers=keep_identifiers),
+                       f"input {k}")
         if os.path.isdir(path):
-            _find_in_folder(path, names, studies, errors)
+            _find_in_folder(path, found, errors)
         elif os.path.isfile(path):
-            _find_file(path, names, studies, errors)
+            _find_file(path, found, errors)
         elif os.path.exists(path):
             errors.append(StudyError(f"{path}: not a regular file or folder"))
         else:
@@ -126,24 +138,38 @@ def find_studies(paths: Sequence[str]) -> Tuple[List[StudyRef], List[StudyError]
     return studies, errors
 
 
-def _add(groups, kind: str, names: _Names, studies: List[StudyRef]) -> None:
-    for name, source, files in groups:
-        studies.append(StudyRef(names(name), source, kind, list(files)))
+@dataclass
+class _Found:
+    """Where one input's studies go: the run's names and list, the reading options, and the
+    input's position (``input k``), a DICOM study's source without its identifiers."""
+
+    names: _Names
+    studies: List[StudyRef]
+    options: ReadOptions
+    position: str
+
+    def add(self, reader, files: Sequence[str], source: str, given_directly: bool,
+            errors: List[StudyError]) -> None:
+        keep = self.options.keep_identifiers
+        for name, found_in, group in reader.group(files, source, given_directly, errors,
+                                                  options=self.options):
+            if reader.carries_identifiers and not keep:
+                found_in = self.position
+            self.studies.append(StudyRef(self.names(name), found_in, reader.kind, list(group),
+                                         keep_identifiers=keep))
 
 
-def _find_file(path: str, names: _Names, studies: List[StudyRef],
-               errors: List[StudyError]) -> None:
+def _find_file(path: str, found: _Found, errors: List[StudyError]) -> None:
     reader = reader_for(path)
     if reader is None:
         errors.append(StudyError(f"{path}: unsupported file type "
                                  f"'{file_extension(path) or '(no extension)'}' and no DICM "
                                  f"preamble; supported: {supported_text()}"))
         return
-    _add(reader.group([path], path, True, errors), reader.kind, names, studies)
+    found.add(reader, [path], path, True, errors)
 
 
-def _find_in_folder(folder: str, names: _Names, studies: List[StudyRef],
-                    errors: List[StudyError]) -> None:
+def _find_in_folder(folder: str, found: _Found, errors: List[StudyError]) -> None:
     try:
         files = _walk(folder)
     except OSError as e:  # pragma: no cover - os.walk swallows errors by default
@@ -156,11 +182,11 @@ def _find_in_folder(folder: str, names: _Names, studies: List[StudyRef],
             logger.warning("%s: skipped, not a supported input (%s)", path, supported_text())
         else:
             by_kind[reader.kind].append(path)
-    found, n_errors = len(studies), len(errors)
+    n_studies, n_errors = len(found.studies), len(errors)
     for kind, kind_files in by_kind.items():
         if kind_files:
-            _add(READERS[kind].group(kind_files, folder, False, errors), kind, names, studies)
-    if len(studies) == found and len(errors) == n_errors:
+            found.add(READERS[kind], kind_files, folder, False, errors)
+    if len(found.studies) == n_studies and len(errors) == n_errors:
         what = "empty folder" if not files else \
             f"no supported file among its {len(files)} file(s)"
         errors.append(StudyError(f"{folder}: {what}; expected {supported_text()}"))

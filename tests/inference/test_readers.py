@@ -153,7 +153,7 @@ def test_dicom_series_hu_order_spacing_affine(tmp_path):
     # SliceThickness used instead of the position step, positions not sorted, affine in LPS
     hu = _hu_volume()
     paths = _write_series(tmp_path / "s", hu)
-    refs, errors = find_studies([str(tmp_path / "s")])
+    refs, errors = find_studies([str(tmp_path / "s")], keep_identifiers=True)
     assert errors == [] and len(refs) == 1
     ref = refs[0]
     assert ref.kind == "dicom" and ref.name == "PAT01_7" and len(ref.files) == N
@@ -562,9 +562,18 @@ def test_find_studies_mixed_inputs(tmp_path, caplog):
     missing = tmp_path / "missing"
     paths = [str(p) for p in (missing, mixed, empty, garbage, bare, text, niftis)]
     with caplog.at_level(logging.WARNING, logger="oneshot_d2.inference"):
-        refs, errors = find_studies(paths)
+        refs, errors = find_studies(paths, keep_identifiers=True)
     assert [r.name for r in refs] == ["PAT01_3", "PAT01_12345678", "PAT01_7", "a", "a-2",
                                       "my_scan__1_"]
+    assert [r.source for r in refs[:3]] == [str(mixed)] * 2 + [str(bare)]
+    # without the identifiers: the same studies, DICOM ones named by a hash of their UIDs and
+    # sourced by the input's position, the others as before
+    anonymous, _ = find_studies(paths)
+    assert [r.files for r in anonymous] == [r.files for r in refs]
+    assert all(r.name.startswith("series-") for r in anonymous[:3])
+    assert len({r.name for r in anonymous[:3]}) == 3
+    assert [r.source for r in anonymous[:3]] == ["input 2"] * 2 + ["input 5"]
+    assert [(r.name, r.source) for r in anonymous[3:]] == [(r.name, r.source) for r in refs[3:]]
     assert [r.kind for r in refs] == ["dicom"] * 3 + ["nifti"] * 3
     assert [len(r.files) for r in refs[:3]] == [3, 3, 1]
     assert "notes.txt" in caplog.text and "DICOMDIR" in caplog.text
@@ -629,7 +638,7 @@ def test_a_registered_reader_is_used_by_discovery_and_load(tmp_path, monkeypatch
     class NpyReader(StudyReader):
         kind, extensions, description = "npy", (".npy",), "NumPy (.npy)"
 
-        def group(self, files, source, given_directly, errors):
+        def group(self, files, source, given_directly, errors, options=None):
             return [(os.path.basename(p)[:-4], p, [p]) for p in files]
 
         def load(self, files, name=None, source=None, options=None):

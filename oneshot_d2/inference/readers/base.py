@@ -29,9 +29,13 @@ class ReadOptions:
     Attributes:
         png_hu_offset: 16-bit grey image slices hold HU + this offset (``None``: the image
             reader's default, :data:`~.images.PNG_HU_OFFSET`).
+        keep_identifiers: keep what identifies a patient in the study's name, source, slice
+            labels and metadata (readers whose :attr:`StudyReader.carries_identifiers`; DICOM:
+            PatientID, the UIDs, file names). Default: none of it (docs/predict.md).
     """
 
     png_hu_offset: Optional[float] = None
+    keep_identifiers: bool = False
 
 
 # (study name before de-duplication, source path, the study's files)
@@ -48,13 +52,18 @@ class StudyReader:
     extensions: Tuple[str, ...] = ()
     #: how the format is named in error messages
     description: str = ""
+    #: whether its names, source paths and slice labels can identify a patient (DICOM); unless
+    #: :attr:`ReadOptions.keep_identifiers`, such a reader writes none of them, and discovery
+    #: names the source by the input's position (``input 2``)
+    carries_identifiers: bool = False
 
     def sniff(self, path: str) -> bool:
         """Whether a file whose extension belongs to no reader is this format (its content)."""
         return False
 
     def group(self, files: Sequence[str], source: str, given_directly: bool,
-              errors: List[StudyError]) -> List[StudyGroup]:
+              errors: List[StudyError],
+              options: Optional[ReadOptions] = None) -> List[StudyGroup]:
         """Group this format's files found under ``source`` into studies without reading
         pixels; problems are appended to ``errors`` (never raised).
 
@@ -62,6 +71,7 @@ class StudyReader:
             files: the files of this format, in natural order.
             source: the input path (file or folder) they were found under.
             given_directly: ``source`` is one file named by the user (not met in a folder).
+            options: the reading options (``None``: the defaults).
         """
         raise NotImplementedError
 

@@ -4,9 +4,16 @@ series is read as HU slices sorted inferior -> superior in display orientation.
 CT only, axial (within 5 degrees), one frame and one grey channel per file, RescaleSlope and
 RescaleIntercept present; compressed transfer syntaxes need the ``dicom`` extra
 (``pip install 'oneshot_d2[dicom]'``: pylibjpeg).
+
+Unless ``ReadOptions.keep_identifiers``, nothing read here identifies the patient: a series is
+named ``series-<12 hex digits>`` (a SHA-256 of its StudyInstanceUID and SeriesInstanceUID:
+stable across runs, not reversible), its slices ``instance <InstanceNumber>`` (not the file
+names, which are often SOPInstanceUIDs), and its metadata holds no PatientID, UID or
+SeriesDescription (free text, removed by the DICOM confidentiality profile too).
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections import OrderedDict
@@ -77,12 +84,29 @@ def _is_dicomdir(path: str, ds) -> bool:
             or str(ds.get("SOPClassUID", "")) == _DICOMDIR_SOP)
 
 
-def _dicom_name(ds, folder: str) -> str:
+def _dicom_name(ds, folder: str, keep_identifiers: bool) -> str:
+    """``<PatientID>_<SeriesNumber or the UID's last 8 characters>`` (identifiers kept), else
+    ``series-<hash>`` of the study and series UIDs (of the folder's path without a UID)."""
+    uid = str(ds.get("SeriesInstanceUID", "") or "").strip()
+    if not keep_identifiers:
+        study_uid = str(ds.get("StudyInstanceUID", "") or "").strip()
+        key = f"{study_uid}/{uid}" if uid else f"folder:{os.path.abspath(folder)}"
+        return "series-" + hashlib.sha256(key.encode("utf-8")).hexdigest()[:12]
     pid = str(ds.get("PatientID", "") or "").strip() or os.path.basename(folder)
     number = ds.get("SeriesNumber", None)
-    uid = str(ds.get("SeriesInstanceUID", "") or "").strip()
     series = str(number).strip() if number not in (None, "") else uid[-8:]
     return f"{pid}_{series}" if series else pid
+
+
+def _slice_labels(slices: List[Dict[str, Any]], keep_identifiers: bool) -> List[str]:
+    """The file names (identifiers kept), else ``instance <InstanceNumber>`` (``slice <k>``,
+    the index inferior -> superior, when a number is missing or repeated)."""
+    if keep_identifiers:
+        return [os.path.basename(s["path"]) for s in slices]
+    numbers = [plain(s["instance"]) for s in slices]
+    if all(isinstance(n, int) for n in numbers) and len(set(numbers)) == len(numbers):
+        return [f"instance {n}" for n in numbers]
+    return [f"slice {k}" for k in range(len(slices))]
 
 
 def _floats(ds, keyword: str, n: int, path: str) -> Optional[np.ndarray]:
@@ -231,10 +255,12 @@ def _order(slices: List[Dict[str, Any]], normal: np.ndarray, where: str):
 
 
 def load_dicom_series(files: Sequence[str], name: Optional[str] = None,
-                      source: Optional[str] = None) -> Study:
+                      source: Optional[str] = None, keep_identifiers: bool = False) -> Study:
     """Read the DICOM files of one CT series as a :class:`Study` in HU (float32), slices
     sorted inferior -> superior by ImagePositionPatient along the slice normal (InstanceNumber
     when positions are missing), rows / columns flipped or transposed to display orientation.
+    ``keep_identifiers``: the patient's identifiers in the name, labels and metadata (module
+    docstring); the default keeps none.
 
     Raises:
         StudyError: unreadable / non-DICOM file, no PixelData, modality other than CT, missing
@@ -313,13 +339,17 @@ def load_dicom_series(files: Sequence[str], name: Optional[str] = None,
     positions = None if proj is None else np.asarray(proj, dtype=np.float64)
 
     ds = first["ds"]
-    meta = {
-        "modality": plain(ds.get("Modality", None)),
+    identifiers = {
         "patient_id": plain(ds.get("PatientID", None)),
         "study_uid": plain(ds.get("StudyInstanceUID", None)),
         "series_uid": plain(ds.get("SeriesInstanceUID", None)),
-        "series_number": plain(ds.get("SeriesNumber", None)),
         "series_description": plain(ds.get("SeriesDescription", None)),
+    } if keep_identifiers else {}
+    meta = {
+        "modality": plain(ds.get("Modality", None)),
+        **identifiers,
+        "identifiers_kept": keep_identifiers,
+        "series_number": plain(ds.get("SeriesNumber", None)),
         "manufacturer": plain(ds.get("Manufacturer", None)),
         "transfer_syntax": plain(getattr(getattr(ds, "file_meta", None),
                                           "TransferSyntaxUID", None)),
@@ -338,11 +368,12 @@ def load_dicom_series(files: Sequence[str], name: Optional[str] = None,
     rescales = {(s["slope"], s["intercept"]) for s in slices}
     if len(rescales) > 1:
         meta["rescale_varies"] = True
+    folder = os.path.dirname(os.path.abspath(first["path"]))
     return Study(
-        name=name or safe_name(_dicom_name(ds, os.path.dirname(os.path.abspath(first["path"])))),
-        source=source or first["path"], kind="dicom", pixels=pixels.astype(np.float32),
-        is_hu=True, spacing=spacing, positions=positions,
-        slice_labels=[os.path.basename(s["path"]) for s in slices], affine=affine, meta=meta)
+        name=name or safe_name(_dicom_name(ds, folder, keep_identifiers)),
+        source=source or (first["path"] if keep_identifiers else "DICOM series"), kind="dicom",
+        pixels=pixels.astype(np.float32), is_hu=True, spacing=spacing, positions=positions,
+        slice_labels=_slice_labels(slices, keep_identifiers), affine=affine, meta=meta)
 
 
 class DicomReader(StudyReader):
@@ -352,15 +383,19 @@ class DicomReader(StudyReader):
     kind = "dicom"
     extensions = DICOM_EXTENSIONS
     description = "DICOM (.dcm, .dicom, or a file with the DICM preamble)"
+    carries_identifiers = True
 
     def sniff(self, path: str) -> bool:
         return is_dicom_file(path)
 
     def group(self, files: Sequence[str], source: str, given_directly: bool,
-              errors: List[StudyError]) -> List[StudyGroup]:
+              errors: List[StudyError],
+              options: Optional[ReadOptions] = None) -> List[StudyGroup]:
         """One study per SeriesInstanceUID (headers read with ``stop_before_pixels=True``;
         files without the UID group by folder); DICOMDIR files are skipped (an error when given
-        directly). Named ``<PatientID>_<SeriesNumber or last 8 characters of the UID>``."""
+        directly). Named ``series-<hash>``, or ``<PatientID>_<SeriesNumber or last 8
+        characters of the UID>`` with ``options.keep_identifiers`` (module docstring)."""
+        keep = options is not None and options.keep_identifiers
         series: "OrderedDict[str, Tuple[Any, str, List[str]]]" = OrderedDict()
         for path in files:
             try:
@@ -383,8 +418,10 @@ class DicomReader(StudyReader):
             if key not in series:
                 series[key] = (ds, folder, [])
             series[key][2].append(path)
-        return [(_dicom_name(ds, folder), source, paths) for ds, folder, paths in series.values()]
+        return [(_dicom_name(ds, folder, keep), source, paths)
+                for ds, folder, paths in series.values()]
 
     def load(self, files: Sequence[str], name: Optional[str] = None,
              source: Optional[str] = None, options: Optional[ReadOptions] = None) -> Study:
-        return load_dicom_series(files, name=name, source=source)
+        return load_dicom_series(files, name=name, source=source,
+                                 keep_identifiers=options is not None and options.keep_identifiers)

@@ -123,7 +123,8 @@ class ImageReader(StudyReader):
     description = "images (" + ", ".join(IMAGE_EXTENSIONS) + ")"
 
     def group(self, files: Sequence[str], source: str, given_directly: bool,
-              errors: List[StudyError]) -> List[StudyGroup]:
+              errors: List[StudyError],
+              options: Optional[ReadOptions] = None) -> List[StudyGroup]:
         if given_directly:
             return [(os.path.splitext(os.path.basename(p))[0], p, [p]) for p in files]
         by_folder: Dict[str, List[str]] = {}

@@ -126,7 +126,8 @@ class NiftiReader(StudyReader):
     description = "NIfTI (.nii, .nii.gz)"
 
     def group(self, files: Sequence[str], source: str, given_directly: bool,
-              errors: List[StudyError]) -> List[StudyGroup]:
+              errors: List[StudyError],
+              options: Optional[ReadOptions] = None) -> List[StudyGroup]:
         return [(_nifti_stem(path), path, [path]) for path in files]
 
     def load(self, files: Sequence[str], name: Optional[str] = None,
