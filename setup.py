@@ -35,7 +35,8 @@ setup(
         "scikit-learn",
         "matplotlib",  # confusion_matrix.png (classification evaluator)
         "nibabel",  # NIfTI volumes: phantom generator, predict input and lesion label output
-        "pydicom>=2.3",  # predict: DICOM series in Hounsfield units
+        "pydicom>=3.0.1",  # predict: DICOM series in Hounsfield units
+        "highdicom>=0.22",  # predict --output-type dicom-seg: DICOM Segmentation objects
         "scipy",  # predict: lung mask (connected components, hole filling)
         "tqdm",  # predict: progress bar over slices
         "tabulate",

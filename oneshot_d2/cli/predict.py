@@ -3,7 +3,7 @@
     python tools/predict.py --config-file CFG MODEL.WEIGHTS output/model_final.pth \\
         --input scan_dicom_folder/ patient.nii.gz slices/ --output predictions/ \\
         [--batch-size 8] [--device cpu|cuda] [--save-overlays] [--save-nifti]
-        [--keep-identifiers]
+        [--output-type dicom-seg] [--keep-identifiers] [--skip-existing]
 
 One study per DICOM series (a folder tree may hold several), per NIfTI file, per folder of
 image files or per single image file. Hounsfield-unit inputs are windowed with the config's
@@ -21,6 +21,7 @@ config, checkpoint or options are wrong (nothing is written). ``--debug`` shows 
 """
 import argparse
 import logging
+import os
 import sys
 import time
 from typing import List, Optional
@@ -28,7 +29,7 @@ from typing import List, Optional
 from tqdm import tqdm
 
 from ..config import load_config, resolve_device
-from ..errors import OneShotError, UsageError
+from ..errors import OneShotError, StudyError, UsageError
 from ..inference import (
     OneShotPredictor,
     find_studies,
@@ -38,12 +39,16 @@ from ..inference import (
     write_run_tables,
     write_study,
 )
+from ..inference.fingerprint import run_fingerprint, study_fingerprint
+from ..inference.outputs import read_study_report, write_studies_table
 from ..utils.file_io import make_folder
+from ..utils.testing import kill_point
 from .common import EXIT_ERROR, add_debug_argument, error_message, run_cli
 
 logger = logging.getLogger("predict")
 # Errors of one study: it is reported and skipped, the others still run.
 STUDY_ERRORS = (OneShotError, OSError)
+OUTPUT_TYPES = ("dicom-seg",)
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -61,11 +66,20 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    help="one PNG per slice and a summary figure per study")
     p.add_argument("--save-nifti", action="store_true",
                    help="the lesion label volume as NIfTI in the input's geometry")
+    p.add_argument("--output-type", action="append", default=[], choices=OUTPUT_TYPES,
+                   metavar="TYPE",
+                   help="an extra output (repeatable): dicom-seg, the lesion labels as a DICOM "
+                        "Segmentation object beside the DICOM series' results (DICOM inputs "
+                        "only; it carries the patient's identifiers: needs --keep-identifiers)")
     p.add_argument("--keep-identifiers", action="store_true",
                    help="name DICOM studies <PatientID>_<SeriesNumber> and keep PatientID, "
                         "UIDs, SeriesDescription, paths and file names in the outputs "
                         "(default: none of them; docs/predict.md)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--skip-existing", action="store_true",
+                   help="keep a study folder whose result is for the same input content, "
+                        "weights, config and output options (report.json's fingerprint) "
+                        "instead of recomputing it: a stopped cohort run resumes")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
                    help="config options, e.g. MODEL.WEIGHTS output/model_final.pth")
     args = p.parse_args(argv)
@@ -80,6 +94,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    save_seg = "dicom-seg" in args.output_type
+    if save_seg and not args.keep_identifiers:
+        raise UsageError("--output-type dicom-seg writes the patient's identifiers (a DICOM SEG "
+                         "joins the source study in PACS): add --keep-identifiers")
     cfg = load_config(args.config_file, args.opts)
     resolve_device(cfg, args.device or "")  # --device cuda without a GPU: refused
     refs, errors = find_studies(args.input, keep_identifiers=args.keep_identifiers)
@@ -92,31 +110,60 @@ def main(argv: Optional[List[str]] = None) -> int:
     predictor = OneShotPredictor(cfg, batch_size=args.batch_size)
     out = make_folder(args.output, "--output")
     config_yaml = predictor.cfg.dump()
+    run = run_fingerprint(predictor.cfg, {"save_overlays": args.save_overlays,
+                                          "save_nifti": args.save_nifti,
+                                          "keep_identifiers": args.keep_identifiers,
+                                          "output_types": sorted(set(args.output_type))})
+    model_name = f"oneshot_d2 {cfg.MODEL.META_ARCHITECTURE} {cfg.MODEL.ONESHOT.IMAGE_HEAD.NAME}"
     slice_rows, study_rows = [], []
-    for ref in refs:
+    reused = 0
+    studies_bar = tqdm(refs, desc="studies", unit="study", disable=args.no_progress,
+                       position=0)
+    for ref in studies_bar:
         try:
+            fingerprint = study_fingerprint(run, ref.files)
+            previous = read_study_report(os.path.join(out, ref.name)) \
+                if args.skip_existing else None
+            if previous is not None and previous.get("fingerprint") == fingerprint:
+                slice_rows += previous["slices"]
+                study_rows.append(study_summary_row(ref.name, ref.source, previous))
+                write_studies_table(out, study_rows)
+                reused += 1
+                logger.info("%s: done before, kept (--skip-existing)", ref.name)
+                continue
+            if save_seg and ref.kind != "dicom":
+                raise StudyError(f"{ref.source}: --output-type dicom-seg needs a DICOM series "
+                                 f"(this is a {ref.kind} input)")
             study = ref.load()
             start = time.perf_counter()
             with tqdm(total=study.num_slices, desc=study.name, unit="slice",
-                      disable=args.no_progress, leave=False) as bar:
+                      disable=args.no_progress, leave=False, position=1) as bar:
                 pred = predict_study(predictor, study, progress=bar.update)
-            report = study_report(pred, predictor, args.config_file)
+            report = study_report(pred, predictor, args.config_file, fingerprint)
             folder = write_study(out, pred, report, config_yaml, predictor.image_classes,
-                                 predictor.lesion_classes, args.save_overlays, args.save_nifti)
+                                 predictor.lesion_classes, args.save_overlays, args.save_nifti,
+                                 save_seg, model_name)
         except STUDY_ERRORS as e:
             if args.debug:
                 raise
             print(f"predict: error: {error_message(e)}", file=sys.stderr)
             study_rows.append(study_summary_row(ref.name, ref.source, error=error_message(e)))
+            write_studies_table(out, study_rows)
             failed += 1
             continue
         slice_rows += report["slices"]
         study_rows.append(study_summary_row(study.name, study.source, report))
+        write_studies_table(out, study_rows)
         patient = report["patient"]
         logger.info("%s: %d slices in %.1f s -> %s%s", study.name, study.num_slices,
                     time.perf_counter() - start,
                     f"patient {patient['class']}" if patient else "done",
                     f", written to {folder}")
+        kill_point(f"predict-done:{study.name}")
+    studies_bar.close()
+    if reused:
+        logger.info("%d of %d studies kept from an earlier run (--skip-existing)", reused,
+                    len(refs))
     study_rows += [study_summary_row("", "", error=error_message(e)) for e in errors]
     write_run_tables(out, slice_rows, study_rows)
     if failed:

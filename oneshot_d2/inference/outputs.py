@@ -10,6 +10,7 @@ Layout under the output folder ``OUT``::
     OUT/<study>/summary.png         # with --save-overlays
     OUT/<study>/overlays/0000.png   # with --save-overlays: one per slice
     OUT/<study>/lesions.nii.gz      # with --save-nifti: lesion labels in the input's geometry
+    OUT/<study>/lesions_seg.dcm     # with --output-type dicom-seg: the labels as a DICOM SEG
 
 A study folder is written under a temporary name and renamed into place
 (:func:`~oneshot_d2.utils.file_io.replace_folder`), so after a kill ``OUT/<study>`` is the
@@ -32,23 +33,31 @@ import numpy as np
 from ..errors import StudyError
 from ..utils.file_io import atomic_write_text
 from ..utils.managed_folder import foreign_entry, locked_folder, new_folder_version
+from .dicom_seg import SEG_FILE, dicom_seg
 from .overlays import key_slices, slice_overlay, summary_figure
 from .report import negative_class_index
 from .study_prediction import REPORT_TOOL, StudyPrediction
 
-__all__ = ["write_study", "write_run_tables", "is_predict_folder", "csv_text", "study_summary_row"]
+__all__ = ["write_study", "write_run_tables", "write_studies_table", "is_predict_folder",
+           "read_study_report", "csv_text", "study_summary_row"]
 
 logger = logging.getLogger(__name__)
 
 
-def is_predict_folder(folder: str) -> bool:
-    """True when ``folder`` holds a complete study written by this tool (its ``report.json``
-    names ``tools/predict.py``)."""
+def read_study_report(folder: str) -> Optional[Dict]:
+    """The ``report.json`` of a complete study folder written by this tool (it names
+    ``tools/predict.py``), else ``None``."""
     try:
         with open(os.path.join(folder, "report.json"), encoding="utf-8") as f:
-            return json.load(f).get("tool") == REPORT_TOOL
-    except (OSError, ValueError, AttributeError):
-        return False
+            report = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return report if isinstance(report, dict) and report.get("tool") == REPORT_TOOL else None
+
+
+def is_predict_folder(folder: str) -> bool:
+    """True when ``folder`` holds a complete study written by this tool."""
+    return read_study_report(folder) is not None
 
 
 def csv_text(rows: Sequence[Dict]) -> str:
@@ -117,8 +126,11 @@ def _write_pictures(tmp: str, pred: StudyPrediction, report: Dict, image_classes
 
 def write_study(out_root: str, pred: StudyPrediction, report: Dict, config_yaml: str,
                 image_classes: List[str], lesion_classes: List[str],
-                save_overlays: bool = False, save_nifti: bool = False) -> str:
+                save_overlays: bool = False, save_nifti: bool = False,
+                save_dicom_seg: bool = False, model_name: str = "oneshot_d2") -> str:
     """Write one study's outputs as ``out_root/<study>``, atomically (module docstring).
+    ``save_dicom_seg``: the lesion labels as a DICOM SEG (:mod:`.dicom_seg`; a DICOM study
+    only), its algorithm named ``model_name``.
 
     Returns:
         the study folder.
@@ -141,6 +153,9 @@ def write_study(out_root: str, pred: StudyPrediction, report: Dict, config_yaml:
                          os.path.join(tmp, "lesions.nii.gz"))
             if save_overlays:
                 _write_pictures(tmp, pred, report, image_classes, lesion_classes)
+            if save_dicom_seg:
+                dicom_seg(pred.study, pred.labels, lesion_classes, model_name).save_as(
+                    os.path.join(tmp, SEG_FILE), enforce_file_format=True)
             with open(os.path.join(tmp, "report.json"), "w", encoding="utf-8") as f:
                 json.dump(report, f, indent=1)  # last: it marks the folder complete
     return folder
@@ -167,7 +182,12 @@ def study_summary_row(name: str, source: str, report: Optional[Dict] = None,
     return row
 
 
+def write_studies_table(out_root: str, study_rows: List[Dict]) -> None:
+    """``OUT/studies.csv``, atomically (rewritten after each study of a run)."""
+    atomic_write_text(os.path.join(out_root, "studies.csv"), csv_text(study_rows))
+
+
 def write_run_tables(out_root: str, slice_rows: List[Dict], study_rows: List[Dict]) -> None:
     """``OUT/slices.csv`` and ``OUT/studies.csv`` of this run, atomically."""
     atomic_write_text(os.path.join(out_root, "slices.csv"), csv_text(slice_rows))
-    atomic_write_text(os.path.join(out_root, "studies.csv"), csv_text(study_rows))
+    write_studies_table(out_root, study_rows)

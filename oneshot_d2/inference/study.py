@@ -17,7 +17,7 @@ from ..data.orientation import display_to_canonical
 if TYPE_CHECKING:  # pragma: no cover
     import nibabel
 
-__all__ = ["Study", "NiftiLayout", "KINDS", "OBLIQUE_LIMIT_DEG",
+__all__ = ["Study", "NiftiLayout", "DicomLayout", "KINDS", "OBLIQUE_LIMIT_DEG",
            "axis_angles", "display_positions"]
 
 KINDS = ("dicom", "nifti", "image")
@@ -40,6 +40,21 @@ class NiftiLayout:
     shape: Tuple[int, ...]
     affine: np.ndarray
     header: Any
+    ornt: np.ndarray
+
+
+@dataclass(eq=False)
+class DicomLayout:
+    """What a DICOM output (:mod:`.dicom_seg`) needs to put labels back on a series' images.
+
+    Attributes:
+        files: the series' files, one per slice, in the order of :attr:`Study.pixels`
+            (inferior -> superior).
+        ornt: (3, 2) ``nib.orientations.io_orientation`` of the stored images laid out as
+            ``array[column, row, slice]``: stored axes -> RAS+ axes.
+    """
+
+    files: List[str]
     ornt: np.ndarray
 
 
@@ -88,6 +103,8 @@ class Study:
         meta: JSON-serialisable geometry / identity read from the input (modality, ids,
             orientation, rescale, shape, spacing, axis codes...).
         nifti_layout: the NIfTI input's layout (:class:`NiftiLayout`), ``None`` otherwise.
+        dicom_layout: the DICOM series' files and stored layout (:class:`DicomLayout`),
+            ``None`` otherwise.
     """
 
     name: str
@@ -101,10 +118,35 @@ class Study:
     affine: np.ndarray
     meta: Dict[str, Any] = field(default_factory=dict)
     nifti_layout: Optional[NiftiLayout] = field(default=None, repr=False)
+    dicom_layout: Optional[DicomLayout] = field(default=None, repr=False)
 
     @property
     def num_slices(self) -> int:
         return int(self.pixels.shape[0])
+
+    def labels_on_source_images(self, labels: np.ndarray) -> np.ndarray:
+        """A DICOM series' labels as its images store them.
+
+        Args:
+            labels: (N, H, W) labels in display orientation, the shape of ``pixels``.
+        Returns:
+            (N, Rows, Columns) array: ``out[k]`` lies on ``dicom_layout.files[k]``'s pixels
+            (the display flips / transposition undone).
+        Raises:
+            ValueError: not a DICOM study, or ``labels`` not of the shape of ``pixels``.
+        """
+        import nibabel as nib
+
+        if self.dicom_layout is None:
+            raise ValueError(f"{self.name}: not a DICOM series ({self.kind} input)")
+        labels = np.asarray(labels)
+        if labels.shape != self.pixels.shape:
+            raise ValueError(f"{self.name}: label volume shape {labels.shape} differs from the "
+                             f"study's {self.pixels.shape} (N, H, W)")
+        to_stored = nib.orientations.ornt_transform(
+            nib.orientations.axcodes2ornt(("R", "A", "S")), self.dicom_layout.ornt)
+        stored = nib.orientations.apply_orientation(display_to_canonical(labels), to_stored)
+        return np.ascontiguousarray(stored.transpose(2, 1, 0))  # [column, row, slice] -> (N, R, C)
 
     def label_volume_image(self, labels: np.ndarray) -> "nibabel.Nifti1Image":
         """A label volume as a NIfTI image in the input's geometry (save it with

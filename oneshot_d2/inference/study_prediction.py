@@ -134,8 +134,9 @@ def _jsonable(value):
 
 
 def study_report(pred: StudyPrediction, predictor: OneShotPredictor,
-                 config_file: str = "") -> Dict:
-    """The ``report.json`` dictionary of a study (docs/predict.md)."""
+                 config_file: str = "", fingerprint: Optional[Dict] = None) -> Dict:
+    """The ``report.json`` dictionary of a study (docs/predict.md); ``fingerprint``: what the
+    result depends on (:mod:`.fingerprint`), recorded for ``--skip-existing``."""
     cfg: CfgNode = predictor.cfg
     study = pred.study
     spacing = study.spacing
@@ -185,5 +186,6 @@ def study_report(pred: StudyPrediction, predictor: OneShotPredictor,
         "patient": patient,
         "burden": burden,
         "seconds": pred.seconds,
+        "fingerprint": fingerprint,
         "slices": rows,
     })

@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ...errors import StudyError
-from ..study import Study
+from ..study import DicomLayout, Study
 from .base import ReadOptions, StudyGroup, StudyReader, one_line, safe_name
 from .geometry import check_axial, to_display
 
@@ -373,7 +373,8 @@ def load_dicom_series(files: Sequence[str], name: Optional[str] = None,
         name=name or safe_name(_dicom_name(ds, folder, keep_identifiers)),
         source=source or (first["path"] if keep_identifiers else "DICOM series"), kind="dicom",
         pixels=pixels.astype(np.float32), is_hu=True, spacing=spacing, positions=positions,
-        slice_labels=_slice_labels(slices, keep_identifiers), affine=affine, meta=meta)
+        slice_labels=_slice_labels(slices, keep_identifiers), affine=affine, meta=meta,
+        dicom_layout=DicomLayout(files=[s["path"] for s in slices], ornt=ornt))
 
 
 class DicomReader(StudyReader):
