@@ -3,7 +3,7 @@
     python tools/predict.py --config-file CFG MODEL.WEIGHTS output/model_final.pth \\
         --input scan_dicom_folder/ patient.nii.gz slices/ --output predictions/ \\
         [--batch-size 8] [--device cpu|cuda] [--save-overlays] [--save-nifti]
-        [--output-type dicom-seg] [--keep-identifiers] [--skip-existing]
+        [--output-type dicom-seg|dicom-sr] [--keep-identifiers] [--skip-existing]
 
 One study per DICOM series (a folder tree may hold several), per NIfTI file, per folder of
 image files or per single image file. Hounsfield-unit inputs are windowed with the config's
@@ -48,7 +48,7 @@ from .common import EXIT_ERROR, add_debug_argument, error_message, run_cli
 logger = logging.getLogger("predict")
 # Errors of one study: it is reported and skipped, the others still run.
 STUDY_ERRORS = (OneShotError, OSError)
-OUTPUT_TYPES = ("dicom-seg",)
+OUTPUT_TYPES = ("dicom-seg", "dicom-sr")
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -69,8 +69,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--output-type", action="append", default=[], choices=OUTPUT_TYPES,
                    metavar="TYPE",
                    help="an extra output (repeatable): dicom-seg, the lesion labels as a DICOM "
-                        "Segmentation object beside the DICOM series' results (DICOM inputs "
-                        "only; it carries the patient's identifiers: needs --keep-identifiers)")
+                        "Segmentation object; dicom-sr, the lesion burden and patient result "
+                        "as a DICOM Structured Report (TID 1500). DICOM inputs only; both "
+                        "carry the patient's identifiers: they need --keep-identifiers")
     p.add_argument("--keep-identifiers", action="store_true",
                    help="name DICOM studies <PatientID>_<SeriesNumber> and keep PatientID, "
                         "UIDs, SeriesDescription, paths and file names in the outputs "
@@ -94,10 +95,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
-    save_seg = "dicom-seg" in args.output_type
-    if save_seg and not args.keep_identifiers:
-        raise UsageError("--output-type dicom-seg writes the patient's identifiers (a DICOM SEG "
-                         "joins the source study in PACS): add --keep-identifiers")
+    dicom_outputs = sorted(set(args.output_type))
+    if dicom_outputs and not args.keep_identifiers:
+        raise UsageError(f"--output-type {dicom_outputs[0]} writes the patient's identifiers "
+                         "(a DICOM object joins the source study in PACS): add "
+                         "--keep-identifiers")
     cfg = load_config(args.config_file, args.opts)
     resolve_device(cfg, args.device or "")  # --device cuda without a GPU: refused
     refs, errors = find_studies(args.input, keep_identifiers=args.keep_identifiers)
@@ -113,7 +115,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     run = run_fingerprint(predictor.cfg, {"save_overlays": args.save_overlays,
                                           "save_nifti": args.save_nifti,
                                           "keep_identifiers": args.keep_identifiers,
-                                          "output_types": sorted(set(args.output_type))})
+                                          "output_types": dicom_outputs})
     model_name = f"oneshot_d2 {cfg.MODEL.META_ARCHITECTURE} {cfg.MODEL.ONESHOT.IMAGE_HEAD.NAME}"
     slice_rows, study_rows = [], []
     reused = 0
@@ -131,9 +133,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                 reused += 1
                 logger.info("%s: done before, kept (--skip-existing)", ref.name)
                 continue
-            if save_seg and ref.kind != "dicom":
-                raise StudyError(f"{ref.source}: --output-type dicom-seg needs a DICOM series "
-                                 f"(this is a {ref.kind} input)")
+            if dicom_outputs and ref.kind != "dicom":
+                raise StudyError(f"{ref.source}: --output-type {dicom_outputs[0]} needs a DICOM "
+                                 f"series (this is a {ref.kind} input)")
             study = ref.load()
             start = time.perf_counter()
             with tqdm(total=study.num_slices, desc=study.name, unit="slice",
@@ -142,7 +144,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             report = study_report(pred, predictor, args.config_file, fingerprint)
             folder = write_study(out, pred, report, config_yaml, predictor.image_classes,
                                  predictor.lesion_classes, args.save_overlays, args.save_nifti,
-                                 save_seg, model_name)
+                                 dicom_outputs, model_name)
         except STUDY_ERRORS as e:
             if args.debug:
                 raise

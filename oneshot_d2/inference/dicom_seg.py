@@ -1,43 +1,27 @@
 """The lesion labels of a DICOM series as a DICOM Segmentation object (``--output-type
-dicom-seg``), written with highdicom: one segment per lesion class, coded (ground-glass opacity:
-DCM 112120; consolidation: SNOMED CT 95436008; any other class: SNOMED CT 52988006 "Lesion"),
-each frame on its source image (the source series' SOP instances, frame of reference, position
-and orientation). Like any DICOM SEG it carries the source's patient and study attributes (it
-joins the patient's study in PACS), so predict writes it only with ``--keep-identifiers``.
+dicom-seg``), written with highdicom: one segment per lesion class, coded
+(:data:`.dicom_sources.LESION_CODES`), each frame on its source image (the source series' SOP
+instances, frame of reference, position and orientation). Like any DICOM SEG it carries the
+source's patient and study attributes (it joins the patient's study in PACS), so predict writes
+it only with ``--keep-identifiers``.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Dict, List, Sequence, Tuple
+from typing import TYPE_CHECKING, List, Sequence
 
 import numpy as np
 
 from .. import __version__
 from ..errors import StudyError
+from .dicom_sources import lesion_code, source_headers
 from .study import Study
 
 if TYPE_CHECKING:  # pragma: no cover
     import highdicom
 
-__all__ = ["LESION_CODES", "SEG_FILE", "lesion_segment_code", "dicom_seg"]
+__all__ = ["SEG_FILE", "dicom_seg"]
 
 SEG_FILE = "lesions_seg.dcm"
-# lesion class name (lower case, "-" / "_" / " " ignored) -> (code value, scheme, meaning)
-LESION_CODES: Dict[str, Tuple[str, str, str]] = {
-    "ggo": ("112120", "DCM", "Ground glass opacity"),
-    "groundglassopacity": ("112120", "DCM", "Ground glass opacity"),
-    "consolidation": ("95436008", "SCT", "Lung consolidation"),
-}
-_LESION = ("52988006", "SCT", "Lesion")
-# Type 2 attributes of the patient / study modules that highdicom copies from the source: a
-# CT image must have them (possibly empty); a source lacking one gets it empty.
-_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate",
-          "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber")
-
-
-def lesion_segment_code(name: str) -> Tuple[str, str, str]:
-    """The coded concept (value, scheme designator, meaning) of a lesion class."""
-    key = "".join(c for c in name.lower() if c.isalnum())
-    return LESION_CODES.get(key, _LESION)
 
 
 def dicom_seg(study: Study, labels: np.ndarray, lesion_classes: Sequence[str],
@@ -57,30 +41,22 @@ def dicom_seg(study: Study, labels: np.ndarray, lesion_classes: Sequence[str],
         StudyError: not a DICOM study, or no lesion class.
     """
     import highdicom as hd
-    import pydicom
     from pydicom.sr.codedict import codes
 
-    if study.dicom_layout is None:
-        raise StudyError(f"{study.source}: --output-type dicom-seg needs a DICOM series "
-                         f"(this is a {study.kind} input)")
+    sources = source_headers(study, "--output-type dicom-seg")
     if not lesion_classes:
         raise StudyError(f"{study.name}: --output-type dicom-seg needs a model with lesion "
                          "classes")
-    sources = [pydicom.dcmread(path, stop_before_pixels=True)
-               for path in study.dicom_layout.files]
     for path, ds in zip(study.dicom_layout.files, sources):
         if not str(ds.get("FrameOfReferenceUID", "") or "").strip():
             raise StudyError(f"{path}: no FrameOfReferenceUID: a DICOM SEG cannot be placed on "
                              "this series")
-        for keyword in _TYPE2:
-            if keyword not in ds:
-                setattr(ds, keyword, "")
     algorithm = hd.AlgorithmIdentificationSequence(
         name=model_name[:64], version=__version__,
         family=codes.cid7162.ArtificialIntelligence)
     segments: List["hd.seg.SegmentDescription"] = []
     for k, name in enumerate(lesion_classes):
-        value, scheme, meaning = lesion_segment_code(name)
+        value, scheme, meaning = lesion_code(name)
         segments.append(hd.seg.SegmentDescription(
             segment_number=k + 1, segment_label=str(name)[:64],
             segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,

@@ -11,6 +11,7 @@ Layout under the output folder ``OUT``::
     OUT/<study>/overlays/0000.png   # with --save-overlays: one per slice
     OUT/<study>/lesions.nii.gz      # with --save-nifti: lesion labels in the input's geometry
     OUT/<study>/lesions_seg.dcm     # with --output-type dicom-seg: the labels as a DICOM SEG
+    OUT/<study>/measurements_sr.dcm # with --output-type dicom-sr: the numbers as a DICOM SR
 
 A study folder is written under a temporary name and renamed into place
 (:func:`~oneshot_d2.utils.file_io.replace_folder`), so after a kill ``OUT/<study>`` is the
@@ -34,6 +35,7 @@ from ..errors import StudyError
 from ..utils.file_io import atomic_write_text
 from ..utils.managed_folder import foreign_entry, locked_folder, new_folder_version
 from .dicom_seg import SEG_FILE, dicom_seg
+from .dicom_sr import SR_FILE, dicom_sr
 from .overlays import key_slices, slice_overlay, summary_figure
 from .report import negative_class_index
 from .study_prediction import REPORT_TOOL, StudyPrediction
@@ -127,10 +129,11 @@ def _write_pictures(tmp: str, pred: StudyPrediction, report: Dict, image_classes
 def write_study(out_root: str, pred: StudyPrediction, report: Dict, config_yaml: str,
                 image_classes: List[str], lesion_classes: List[str],
                 save_overlays: bool = False, save_nifti: bool = False,
-                save_dicom_seg: bool = False, model_name: str = "oneshot_d2") -> str:
+                dicom_outputs: Sequence[str] = (), model_name: str = "oneshot_d2") -> str:
     """Write one study's outputs as ``out_root/<study>``, atomically (module docstring).
-    ``save_dicom_seg``: the lesion labels as a DICOM SEG (:mod:`.dicom_seg`; a DICOM study
-    only), its algorithm named ``model_name``.
+    ``dicom_outputs``: ``"dicom-seg"`` (the lesion labels as a DICOM SEG, :mod:`.dicom_seg`)
+    and / or ``"dicom-sr"`` (the measurements as a DICOM SR, :mod:`.dicom_sr`), for a DICOM
+    study only, their algorithm named ``model_name``.
 
     Returns:
         the study folder.
@@ -153,9 +156,12 @@ def write_study(out_root: str, pred: StudyPrediction, report: Dict, config_yaml:
                          os.path.join(tmp, "lesions.nii.gz"))
             if save_overlays:
                 _write_pictures(tmp, pred, report, image_classes, lesion_classes)
-            if save_dicom_seg:
+            if "dicom-seg" in dicom_outputs:
                 dicom_seg(pred.study, pred.labels, lesion_classes, model_name).save_as(
                     os.path.join(tmp, SEG_FILE), enforce_file_format=True)
+            if "dicom-sr" in dicom_outputs:
+                dicom_sr(pred.study, report, model_name).save_as(
+                    os.path.join(tmp, SR_FILE), enforce_file_format=True)
             with open(os.path.join(tmp, "report.json"), "w", encoding="utf-8") as f:
                 json.dump(report, f, indent=1)  # last: it marks the folder complete
     return folder

@@ -1,0 +1,49 @@
+"""What the DICOM objects predict writes (:mod:`.dicom_seg`, :mod:`.dicom_sr`) share: the
+codes of the lesion classes and the source series' headers."""
+from __future__ import annotations
+
+from typing import Dict, List, Tuple
+
+from ..errors import StudyError
+from .study import Study
+
+__all__ = ["LESION_CODES", "lesion_code", "source_headers"]
+
+# lesion class name (lower case, letters and digits only) -> (code value, scheme, meaning)
+LESION_CODES: Dict[str, Tuple[str, str, str]] = {
+    "ggo": ("112120", "DCM", "Ground glass opacity"),
+    "groundglassopacity": ("112120", "DCM", "Ground glass opacity"),
+    "consolidation": ("95436008", "SCT", "Lung consolidation"),
+}
+LESION = ("52988006", "SCT", "Lesion")
+# Type 2 attributes of the patient / study modules that highdicom copies from the source: a
+# CT image must have them (possibly empty); a source lacking one gets it empty.
+_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate",
+          "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber")
+
+
+def lesion_code(name: str) -> Tuple[str, str, str]:
+    """The coded concept (value, scheme designator, meaning) of a lesion class."""
+    key = "".join(c for c in name.lower() if c.isalnum())
+    return LESION_CODES.get(key, LESION)
+
+
+def source_headers(study: Study, what: str) -> List:
+    """The headers (no pixels) of a DICOM study's source images, in slice order, with empty
+    type 2 patient / study attributes where the files lack them.
+
+    Raises:
+        StudyError: not a DICOM study (``what`` names the output asked for).
+    """
+    import pydicom
+
+    if study.dicom_layout is None:
+        raise StudyError(f"{study.source}: {what} needs a DICOM series (this is a "
+                         f"{study.kind} input)")
+    headers = [pydicom.dcmread(path, stop_before_pixels=True)
+               for path in study.dicom_layout.files]
+    for ds in headers:
+        for keyword in _TYPE2:
+            if keyword not in ds:
+                setattr(ds, keyword, "")
+    return headers
