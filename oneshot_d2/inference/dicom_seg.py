@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, List, Sequence
 
 import numpy as np
 
-from .. import __version__
 from ..errors import StudyError
+from ..version import __version__
 from .dicom_sources import lesion_code, source_headers
 from .study import Study
 

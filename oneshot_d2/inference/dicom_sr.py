@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Dict, List, Optional
 
-from .. import __version__
 from ..errors import StudyError
+from ..version import __version__
 from .dicom_sources import LESION, lesion_code, source_headers
 from .study import Study
 

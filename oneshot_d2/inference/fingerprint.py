@@ -13,7 +13,7 @@ from typing import Any, Dict, Sequence
 
 from detectron2.config import CfgNode
 
-from .. import __version__
+from ..version import __version__
 
 __all__ = ["file_sha256", "files_sha256", "run_fingerprint", "study_fingerprint"]
 

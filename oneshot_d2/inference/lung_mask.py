@@ -14,13 +14,17 @@ Method (no learnt weights, nothing downloaded):
 
 Dense lesions touching the pleura are not enclosed by aerated lung, so the burden adds the
 predicted lesion voxels to this mask (:func:`oneshot_d2.inference.report.lesion_burden`).
+
+:func:`lung_sides` splits the mask into the right and the left lung when it is two components
+(the two lungs apart, as usual at this threshold); lungs touching each other (one component)
+give no split.
 """
 from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["lung_mask"]
+__all__ = ["lung_mask", "lung_sides"]
 
 
 def _drop_border_regions(air: np.ndarray) -> np.ndarray:
@@ -60,3 +64,27 @@ def lung_mask(hu: np.ndarray, hu_thresh: float = -320.0,
         kept.append(order[1] + 1)
     mask = np.isin(labels, kept)
     return np.stack([ndimage.binary_fill_holes(s) for s in mask])
+
+
+def lung_sides(lung: np.ndarray, second_fraction: float = 0.1):
+    """The right and the left lung of a lung mask, by its two largest 3-D components
+    (6-connectivity) when the second holds at least ``second_fraction`` of the first.
+
+    Args:
+        lung: (N, H, W) bool lung mask in display orientation (columns run from the patient's
+            right to the left, so the right lung has the smaller mean column).
+    Returns:
+        ``(right, left, midline)``: two (N, H, W) bool masks and the column half-way between
+        their centroids; ``None`` when the mask is not two such components.
+    """
+    labels, count = ndimage.label(lung)
+    if count < 2:
+        return None
+    sizes = np.bincount(labels.ravel())[1:]
+    first, second = (int(i) + 1 for i in np.argsort(-sizes)[:2])
+    if sizes[second - 1] < second_fraction * sizes[first - 1]:
+        return None
+    a, b = labels == first, labels == second
+    col_a, col_b = (float(np.nonzero(m)[2].mean()) for m in (a, b))
+    right, left = (a, b) if col_a < col_b else (b, a)
+    return right, left, (col_a + col_b) / 2.0

@@ -13,6 +13,7 @@ import numpy as np
 
 from ..config import PATIENT_RULES
 from ..errors import ConfigError
+from .lung_mask import lung_sides
 
 __all__ = ["PATIENT_RULES", "NEGATIVE_NAMES", "lesion_label_map", "negative_class_index",
            "patient_result", "lesion_burden", "voxel_volume_ml", "slice_row"]
@@ -123,8 +124,20 @@ def lesion_burden(labels: np.ndarray, lesion_classes: Sequence[str],
     Returns:
         dict: ``voxels`` per class and ``total``; with spacing ``ml`` likewise and
         ``voxel_ml``; with a lung mask ``lung_voxels``, ``lung_ml`` and ``percent_of_lung``
-        per class and ``total``.
+        per class and ``total``, and ``per_lung``: the same for the ``right`` and the ``left``
+        lung (:func:`~.lung_mask.lung_sides`; a lesion voxel outside both lungs' masks goes
+        to the side of the midline between them), or ``None`` when the mask is not two lungs.
     """
+    out = _volumes(labels, lesion_classes, spacing, lung)
+    if lung is not None:
+        out["per_lung"] = _per_lung(labels, lesion_classes, lung, spacing)
+    return out
+
+
+def _volumes(labels: np.ndarray, lesion_classes: Sequence[str],
+             spacing: Optional[Tuple[float, float, float]],
+             lung: Optional[np.ndarray]) -> Dict:
+    """:func:`lesion_burden` without ``per_lung``."""
     counts = np.bincount(labels.ravel(), minlength=len(lesion_classes) + 1)
     if len(counts) > len(lesion_classes) + 1:
         raise ValueError(f"label {len(counts) - 1} but only {len(lesion_classes)} lesion classes")
@@ -144,6 +157,25 @@ def lesion_burden(labels: np.ndarray, lesion_classes: Sequence[str],
             out["lung_ml"] = lung_voxels * unit
         out["percent_of_lung"] = {
             k: (100.0 * v / lung_voxels if lung_voxels else math.nan) for k, v in voxels.items()}
+    return out
+
+
+def _per_lung(labels: np.ndarray, lesion_classes: Sequence[str], lung: np.ndarray,
+              spacing: Optional[Tuple[float, float, float]]) -> Optional[Dict]:
+    """The burden of the right and the left lung (:func:`lesion_burden`)."""
+    sides = lung_sides(lung)
+    if sides is None:
+        return None
+    right, left, midline = sides
+    outside = (labels > 0) & ~right & ~left
+    columns = np.arange(labels.shape[2])[None, None, :]
+    out = {}
+    for name, mask, side_of_midline in (("right", right, columns < midline),
+                                        ("left", left, columns >= midline)):
+        side_labels = np.where(mask | (outside & side_of_midline), labels, 0)
+        side = _volumes(side_labels, lesion_classes, spacing, mask)
+        side.pop("voxel_ml", None)
+        out[name] = side
     return out
 
 

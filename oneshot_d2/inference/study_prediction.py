@@ -12,6 +12,7 @@ from detectron2.config import CfgNode
 
 from ..data.transforms import lung_window
 from ..version import __version__
+from .lesions3d import lesions_3d
 from .lung_mask import lung_mask
 from .predictor import OneShotPredictor, SlicePrediction
 from .report import lesion_burden, lesion_label_map, patient_result, slice_row
@@ -185,6 +186,8 @@ def study_report(pred: StudyPrediction, predictor: OneShotPredictor,
                   "lesion_classes": predictor.lesion_classes},
         "patient": patient,
         "burden": burden,
+        "lesions_3d": (lesions_3d(pred.labels, predictor.lesion_classes, spacing,
+                                  study.positions) if predictor.lesion_classes else None),
         "seconds": pred.seconds,
         "fingerprint": fingerprint,
         "slices": rows,

@@ -177,6 +177,38 @@ def test_report_burden_and_patient_values(monkeypatch, study_file, tmp_path):
     assert (patient["class"], patient["negative_class"]) == ("COVID-19", "Normal")
 
 
+def test_burden_per_lung_and_3d_lesions(monkeypatch, study_file, tmp_path):
+    # catches: left and right swapped (display columns run from the patient's right to the
+    # left), a lung's lesions or lung volume counted in the other, % of one lung against both
+    # lungs' volume; 3-D lesions not joined across slices, a slice range or a diameter off
+    status, lines = run_predict(monkeypatch, [study_file], tmp_path / "out")
+    assert status == 0, lines
+    report = json.loads((tmp_path / "out" / "chest" / "report.json").read_text())
+    per_lung = report["burden"]["per_lung"]
+    side_voxels = LUNG_VOXELS // 2
+    # the GGO lesion lies in the image's left lung (columns 8-21): the patient's right
+    for side, name, voxels in (("right", "GGO", 80), ("left", "consolidation", 30)):
+        other = "consolidation" if name == "GGO" else "GGO"
+        assert per_lung[side]["voxels"] == {name: voxels, other: 0, "total": voxels}
+        assert per_lung[side]["lung_voxels"] == side_voxels
+        assert per_lung[side]["ml"][name] == pytest.approx(voxels * VOXEL_ML, rel=1e-6)
+        assert per_lung[side]["lung_ml"] == pytest.approx(side_voxels * VOXEL_ML, rel=1e-6)
+        assert per_lung[side]["percent_of_lung"][name] == pytest.approx(
+            100.0 * voxels / side_voxels, rel=1e-6)
+    lesions = report["lesions_3d"]
+    assert lesions["count"] == {"GGO": 1, "consolidation": 1, "total": 2}
+    ggo, cons = lesions["lesions"]  # largest first
+    assert (ggo["class"], ggo["voxels"], ggo["slices"]) == ("GGO", 80, [2, 6])
+    assert (cons["class"], cons["voxels"], cons["slices"]) == ("consolidation", 30, [3, 4])
+    assert ggo["ml"] == pytest.approx(80 * VOXEL_ML, rel=1e-6)
+    # 4 x 4 px on 5 slices: corner to corner, between voxel centres
+    assert ggo["largest_diameter_mm"] == pytest.approx(
+        np.sqrt((3 * SPACING[0]) ** 2 + (3 * SPACING[1]) ** 2 + (4 * SPACING[2]) ** 2))
+    assert cons["largest_diameter_mm"] == pytest.approx(
+        np.sqrt((2 * SPACING[0]) ** 2 + (4 * SPACING[1]) ** 2 + SPACING[2] ** 2))
+    assert ggo["positions_mm"][1] - ggo["positions_mm"][0] == pytest.approx(4 * SPACING[2])
+
+
 @pytest.mark.parametrize("opts, expected", [
     (("PREDICT.PATIENT_THRESH", "0.53"), "Normal"),  # 0.52 < 0.53
     (("PREDICT.PATIENT_TOP_K", "3", "PREDICT.PATIENT_THRESH", "0.7"), "COVID-19"),  # 0.733
