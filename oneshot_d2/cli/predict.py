@@ -22,9 +22,10 @@ config, checkpoint or options are wrong (nothing is written). ``--debug`` shows 
 import argparse
 import logging
 import os
+import re
 import sys
 import time
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 from tqdm import tqdm
 
@@ -39,6 +40,7 @@ from ..inference import (
     write_run_tables,
     write_study,
 )
+from ..inference.dicom_sources import source_headers
 from ..inference.fingerprint import run_fingerprint, study_fingerprint
 from ..inference.outputs import read_study_report, write_studies_table
 from ..utils.file_io import make_folder
@@ -49,6 +51,20 @@ logger = logging.getLogger("predict")
 # Errors of one study: it is reported and skipped, the others still run.
 STUDY_ERRORS = (OneShotError, OSError)
 OUTPUT_TYPES = ("dicom-seg", "dicom-sr")
+
+
+def without_paths(message: str, inputs: Sequence[str]) -> str:
+    """``message`` with every path under an input replaced by ``input k`` (the input itself)
+    or ``a file of input k``: error rows of studies.csv name no folder or file, which are
+    often named after the patient or a UID."""
+    forms = sorted({(form, k) for k, path in enumerate(inputs, 1)
+                    for form in (str(path).rstrip("/") or "/", os.path.abspath(path))},
+                   key=lambda fk: -len(fk[0]))
+    for form, k in forms:
+        message = re.sub(r"(?<![\w./-])" + re.escape(form) + r"[^\s:(),]*",
+                         lambda m, k=k, form=form: f"input {k}" if m.group(0) == form
+                         else f"a file of input {k}", message)
+    return message
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -111,6 +127,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         return EXIT_ERROR
     predictor = OneShotPredictor(cfg, batch_size=args.batch_size)
     out = make_folder(args.output, "--output")
+
+    def row_error(e: BaseException) -> str:  # studies.csv's error: no path unless kept
+        text = error_message(e)
+        return text if args.keep_identifiers else without_paths(text, args.input)
+
     config_yaml = predictor.cfg.dump()
     run = run_fingerprint(predictor.cfg, {"save_overlays": args.save_overlays,
                                           "save_nifti": args.save_nifti,
@@ -123,7 +144,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                        position=0)
     for ref in studies_bar:
         try:
-            fingerprint = study_fingerprint(run, ref.files)
+            fingerprint = study_fingerprint(run, ref.files, ref.name, ref.source)
             previous = read_study_report(os.path.join(out, ref.name)) \
                 if args.skip_existing else None
             if previous is not None and previous.get("fingerprint") == fingerprint:
@@ -137,6 +158,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                 raise StudyError(f"{ref.source}: --output-type {dicom_outputs[0]} needs a DICOM "
                                  f"series (this is a {ref.kind} input)")
             study = ref.load()
+            for output in dicom_outputs:  # a series they cannot reference fails before the model
+                source_headers(study, f"--output-type {output}", geometry=output == "dicom-seg")
             start = time.perf_counter()
             with tqdm(total=study.num_slices, desc=study.name, unit="slice",
                       disable=args.no_progress, leave=False, position=1) as bar:
@@ -149,7 +172,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             if args.debug:
                 raise
             print(f"predict: error: {error_message(e)}", file=sys.stderr)
-            study_rows.append(study_summary_row(ref.name, ref.source, error=error_message(e)))
+            study_rows.append(study_summary_row(ref.name, ref.source, error=row_error(e)))
             write_studies_table(out, study_rows)
             failed += 1
             continue
@@ -166,7 +189,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if reused:
         logger.info("%d of %d studies kept from an earlier run (--skip-existing)", reused,
                     len(refs))
-    study_rows += [study_summary_row("", "", error=error_message(e)) for e in errors]
+    study_rows += [study_summary_row("", "", error=row_error(e)) for e in errors]
     write_run_tables(out, slice_rows, study_rows)
     if failed:
         logger.info("%d of %d studies failed (studies.csv lists them)", failed,

@@ -13,7 +13,8 @@ import numpy as np
 
 from ..errors import StudyError
 from ..version import __version__
-from .dicom_sources import lesion_code, source_headers
+from .dicom_sources import highdicom_errors, lesion_code, source_headers
+from .readers.base import one_line
 from .study import Study
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -26,6 +27,17 @@ SEG_FILE = "lesions_seg.dcm"
 
 def dicom_seg(study: Study, labels: np.ndarray, lesion_classes: Sequence[str],
               model_name: str) -> "highdicom.seg.Segmentation":
+    """The DICOM SEG of a DICOM study's lesion labels (:func:`_segmentation`), a refusal by
+    highdicom as a one-line :class:`StudyError`."""
+    try:
+        return _segmentation(study, labels, lesion_classes, model_name)
+    except highdicom_errors as e:
+        raise StudyError(f"{study.source}: --output-type dicom-seg: highdicom refused the "
+                         f"series ({one_line(e)})") from None
+
+
+def _segmentation(study: Study, labels: np.ndarray, lesion_classes: Sequence[str],
+                  model_name: str) -> "highdicom.seg.Segmentation":
     """The DICOM SEG of a DICOM study's lesion labels.
 
     Args:
@@ -43,14 +55,10 @@ def dicom_seg(study: Study, labels: np.ndarray, lesion_classes: Sequence[str],
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
-    sources = source_headers(study, "--output-type dicom-seg")
+    sources = source_headers(study, "--output-type dicom-seg", geometry=True)
     if not lesion_classes:
         raise StudyError(f"{study.name}: --output-type dicom-seg needs a model with lesion "
                          "classes")
-    for path, ds in zip(study.dicom_layout.files, sources):
-        if not str(ds.get("FrameOfReferenceUID", "") or "").strip():
-            raise StudyError(f"{path}: no FrameOfReferenceUID: a DICOM SEG cannot be placed on "
-                             "this series")
     algorithm = hd.AlgorithmIdentificationSequence(
         name=model_name[:64], version=__version__,
         family=codes.cid7162.ArtificialIntelligence)

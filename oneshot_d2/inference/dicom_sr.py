@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Dict, List, Optional
 
 from ..errors import StudyError
 from ..version import __version__
-from .dicom_sources import LESION, lesion_code, source_headers
+from .dicom_sources import LESION, highdicom_errors, lesion_code, source_headers
+from .readers.base import one_line
 from .study import Study
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -43,6 +44,17 @@ def _concept(code):
 
 
 def dicom_sr(study: Study, report: Dict, model_name: str) -> "highdicom.sr.Comprehensive3DSR":
+    """The TID 1500 measurement report of a DICOM study (:func:`_measurement_report`), a
+    refusal by highdicom as a one-line :class:`StudyError`."""
+    try:
+        return _measurement_report(study, report, model_name)
+    except highdicom_errors as e:
+        raise StudyError(f"{study.source}: --output-type dicom-sr: highdicom refused the "
+                         f"series ({one_line(e)})") from None
+
+
+def _measurement_report(study: Study, report: Dict,
+                        model_name: str) -> "highdicom.sr.Comprehensive3DSR":
     """The TID 1500 measurement report of a DICOM study.
 
     Args:

@@ -107,9 +107,9 @@ def find_studies(paths: Sequence[str], keep_identifiers: bool = False
     ``series-<hash of its UIDs>``, NIfTI the file name without ``.nii`` / ``.nii.gz``, an image
     folder its name, a single image its stem; repeats get ``-2``, ``-3``... suffixes.
 
-    Without ``keep_identifiers``, a DICOM study's source is the input's position
-    (``input 2``: the second path given), not a path (folders and files are often named
-    after the patient or a UID). With it, DICOM studies are named
+    Without ``keep_identifiers``, a study's source is the input's position (``input 2``: the
+    second path given), not a path (folders and files are often named after the patient or a
+    UID). With it, DICOM studies are named
     ``<PatientID>_<SeriesNumber or last 8 characters of SeriesInstanceUID>`` (the folder name
     without PatientID) and sourced by path, and their reader keeps the identifiers
     (:mod:`.readers.dicom`).
@@ -141,7 +141,7 @@ def find_studies(paths: Sequence[str], keep_identifiers: bool = False
 @dataclass
 class _Found:
     """Where one input's studies go: the run's names and list, the reading options, and the
-    input's position (``input k``), a DICOM study's source without its identifiers."""
+    input's position (``input k``), a study's source without the identifiers."""
 
     names: _Names
     studies: List[StudyRef]
@@ -153,7 +153,7 @@ class _Found:
         keep = self.options.keep_identifiers
         for name, found_in, group in reader.group(files, source, given_directly, errors,
                                                   options=self.options):
-            if reader.carries_identifiers and not keep:
+            if not keep:  # paths often name the patient
                 found_in = self.position
             self.studies.append(StudyRef(self.names(name), found_in, reader.kind, list(group),
                                          keep_identifiers=keep))

@@ -30,10 +30,12 @@ def file_sha256(path: str) -> str:
 
 
 def files_sha256(paths: Sequence[str]) -> str:
-    """SHA-256 of the files' contents in the given order (their names do not count: a renamed
-    or moved copy of a study has the same digest)."""
+    """SHA-256 of the files' names and contents in the given order (a file's name can be an
+    output: the slice labels of image folders and, with ``--keep-identifiers``, of DICOM
+    series; its folder does not count)."""
     h = hashlib.sha256()
     for path in paths:
+        h.update(os.path.basename(path).encode("utf-8", "surrogateescape") + b"\0")
         h.update(bytes.fromhex(file_sha256(path)))
     return h.hexdigest()
 
@@ -73,6 +75,8 @@ def run_fingerprint(cfg: CfgNode, options: Dict[str, Any]) -> Dict[str, Any]:
     }
 
 
-def study_fingerprint(run: Dict[str, Any], files: Sequence[str]) -> Dict[str, Any]:
-    """A study's fingerprint: the run's plus ``input_sha256`` of the study's files."""
-    return {"input_sha256": files_sha256(files), **run}
+def study_fingerprint(run: Dict[str, Any], files: Sequence[str], name: str,
+                      source: str) -> Dict[str, Any]:
+    """A study's fingerprint: the run's plus ``input_sha256`` of the study's files and the
+    study's name and source as written in its outputs."""
+    return {"input_sha256": files_sha256(files), "study": name, "source": source, **run}

@@ -190,6 +190,11 @@ class Study:
             img = nib.Nifti1Image(data, None, header)
             img.header.set_slope_inter(1.0, 0.0)
             img.header["cal_min"], img.header["cal_max"] = 0, 0
+            # the input's free text and extensions (names, dates, protocols) are not the labels'
+            for key in ("descrip", "aux_file", "db_name", "intent_name"):
+                if key in img.header:
+                    img.header[key] = b""
+            img.header.extensions.clear()
             return img
         img = nib.Nifti1Image(np.ascontiguousarray(labels.transpose(2, 1, 0)), self.affine)
         img.header.set_data_dtype(np.uint8)

@@ -132,3 +132,8 @@ def test_any_difference_recomputes(monkeypatch, inputs, weights, tmp_path):
     assert predict(monkeypatch, inputs, out, "--save-nifti", "MODEL.WEIGHTS", str(moved),
                    "PREDICT.LESION_SCORE_THRESH", "0.6") == 3 * N  # without the option
     assert all(np.isfinite(float(r["score_COVID-19"])) for r in read_csv(out / "studies.csv"))
+    # the inputs in another order: a study's source ("input k") changes, so it is recomputed
+    opts = ("--save-nifti", "MODEL.WEIGHTS", str(moved), "PREDICT.LESION_SCORE_THRESH", "0.6")
+    assert predict(monkeypatch, inputs[::-1], out, "--skip-existing", *opts) == 2 * N
+    report = json.loads((out / "apex" / "report.json").read_text())
+    assert report["source"] == "input 3" == report["fingerprint"]["source"]

@@ -102,3 +102,27 @@ def test_dicom_seg_only_for_dicom_inputs_and_with_the_identifiers(monkeypatch, t
                                 "--output-type", "dicom-seg")
     assert_one_error(status, lines, "predict", "--keep-identifiers")
     assert not (tmp_path / "out2").exists()
+
+
+def test_imperfect_series_give_a_readable_seg_or_one_line_error(monkeypatch, tmp_path):
+    # catches: an empty SliceThickness written into an unreadable SEG, orientations that the
+    # reader accepts (within 1e-3) refused by highdicom with a traceback, a series that cannot
+    # be referenced stopping the run (or failing only after the model ran) instead of one
+    # error line with the other studies written
+    paths = _write_series(tmp_path / "rough", ct_volume(), series_uid="1.2.3.4.5.6.7.8.1",
+                          FrameOfReferenceUID=FRAME_OF_REFERENCE)
+    for k, path in enumerate(paths):
+        ds = pydicom.dcmread(path)
+        ds.SliceThickness = None
+        ds.ImageOrientationPatient = [1.0, 4e-4 * (k % 2), 0.0, 0.0, 1.0, 0.0]
+        ds.save_as(path, enforce_file_format=True)
+    _write_series(tmp_path / "nowhere", ct_volume(), series_uid="1.2.3.4.5.6.7.8.2")
+    out = tmp_path / "out"
+    status, lines = run_predict(monkeypatch, [tmp_path / "nowhere", tmp_path / "rough"], out,
+                                "--output-type", "dicom-seg", "--keep-identifiers")
+    assert_one_error(status, lines, "predict", "no FrameOfReferenceUID", exact=False)
+    studies = sorted(p for p in os.listdir(out) if os.path.isdir(out / p))
+    assert len(studies) == 1
+    seg = hd.seg.segread(str(out / studies[0] / "lesions_seg.dcm"))
+    thickness = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].SliceThickness
+    assert float(thickness) == pytest.approx(2.0)  # the series' slice spacing

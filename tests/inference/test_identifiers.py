@@ -6,12 +6,19 @@ import gzip
 import json
 import os
 
+import nibabel as nib
 import pydicom
 import pytest
 
 from oneshot_d2.data.phantom_study import write_dicom_series
 from oneshot_d2.inference import find_studies
-from tests.inference.test_output_values import SPACING, ct_volume, read_csv, run_predict
+from tests.inference.test_output_values import (
+    SPACING,
+    ct_volume,
+    read_csv,
+    run_predict,
+    write_nifti,
+)
 
 PATIENT = {
     "PatientID": "PAT-0042-XYZ",
@@ -76,14 +83,26 @@ def series(tmp_path_factory):
 
 def test_no_identifier_in_any_output_by_default(monkeypatch, series, tmp_path):
     # catches: a study named after PatientID, PatientID / UIDs / SeriesDescription in
-    # report.json, file names (SOPInstanceUIDs) as slice labels, the input path as the source
+    # report.json, file names (SOPInstanceUIDs) as slice labels, the input path as the source,
+    # paths in a failed study's error row, a NIfTI header's free text copied to the report or
+    # to lesions.nii.gz
     root, values = series
+    broken = tmp_path / PATIENT["OtherPatientIDs"]  # a folder named after the patient
+    broken.mkdir()
+    (broken / f"{STUDY_UID}.9.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\xff" * 64)
+    nifti = broken / "volume.nii.gz"  # in the same folder
+    write_nifti(nifti, ct_volume())
+    img = nib.load(str(nifti))
+    img.header["descrip"] = PATIENT["PatientName"].encode()
+    img.header["aux_file"] = PATIENT["AccessionNumber"].encode()
+    nib.save(img, str(nifti))
     out = tmp_path / "out"
-    status, lines = run_predict(monkeypatch, [root / PATIENT["PatientID"]], out,
+    status, lines = run_predict(monkeypatch, [root / PATIENT["PatientID"], broken], out,
                                 "--save-overlays", "--save-nifti")
-    assert status == 0, lines
+    assert status == 2 and len([line for line in lines if "error" in line]) == 1, lines
     assert found_values(out, values) == {}
-    (name,) = [p for p in os.listdir(out) if os.path.isdir(out / p)]
+    assert sorted(r["status"] for r in read_csv(out / "studies.csv")) == ["error", "ok", "ok"]
+    (name,) = [p for p in os.listdir(out) if os.path.isdir(out / p) and p != "volume"]
     report = json.loads((out / name / "report.json").read_text())
     assert report["source"] == "input 1" and report["patient"]["class"] == "COVID-19"
     assert report["geometry"]["read"]["identifiers_kept"] is False

@@ -29,9 +29,9 @@ class ReadOptions:
     Attributes:
         png_hu_offset: 16-bit grey image slices hold HU + this offset (``None``: the image
             reader's default, :data:`~.images.PNG_HU_OFFSET`).
-        keep_identifiers: keep what identifies a patient in the study's name, source, slice
-            labels and metadata (readers whose :attr:`StudyReader.carries_identifiers`; DICOM:
-            PatientID, the UIDs, file names). Default: none of it (docs/predict.md).
+        keep_identifiers: keep what can identify a patient in the study's name, source, slice
+            labels and metadata (DICOM: PatientID, the UIDs, SeriesDescription, file names;
+            NIfTI: the header's description). Default: none of it (docs/predict.md).
     """
 
     png_hu_offset: Optional[float] = None
@@ -52,10 +52,6 @@ class StudyReader:
     extensions: Tuple[str, ...] = ()
     #: how the format is named in error messages
     description: str = ""
-    #: whether its names, source paths and slice labels can identify a patient (DICOM); unless
-    #: :attr:`ReadOptions.keep_identifiers`, such a reader writes none of them, and discovery
-    #: names the source by the input's position (``input 2``)
-    carries_identifiers: bool = False
 
     def sniff(self, path: str) -> bool:
         """Whether a file whose extension belongs to no reader is this format (its content)."""

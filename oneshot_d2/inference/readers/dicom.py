@@ -384,7 +384,6 @@ class DicomReader(StudyReader):
     kind = "dicom"
     extensions = DICOM_EXTENSIONS
     description = "DICOM (.dcm, .dicom, or a file with the DICM preamble)"
-    carries_identifiers = True
 
     def sniff(self, path: str) -> bool:
         return is_dicom_file(path)

@@ -30,7 +30,8 @@ def _nifti_stem(path: str) -> str:
     return base
 
 
-def load_nifti(path: str, name: Optional[str] = None, source: Optional[str] = None) -> Study:
+def load_nifti(path: str, name: Optional[str] = None, source: Optional[str] = None,
+               keep_identifiers: bool = False) -> Study:
     """Read a NIfTI CT volume (HU, scl_slope / scl_inter applied) as a :class:`Study`: the
     volume is reoriented to RAS+ (``nib.as_closest_canonical``) and its axial slices put in
     display orientation; the input's layout is kept for :meth:`Study.label_volume_image`.
@@ -107,8 +108,9 @@ def load_nifti(path: str, name: Optional[str] = None, source: Optional[str] = No
         "scl_slope": None if slope is None else float(slope),
         "scl_inter": None if inter is None else float(inter),
         "datatype": str(hdr.get_data_dtype()),
+        # free text (converters write names, dates, protocol there): kept only when asked
         "description": hdr["descrip"].item().decode("latin-1", "replace").strip("\x00 ")
-        if "descrip" in hdr else "",
+        if "descrip" in hdr and keep_identifiers else "",
         "hu_range": [lo, hi],
     }
     layout = NiftiLayout(shape=shape, affine=affine, header=hdr.copy(), ornt=ornt)
@@ -132,4 +134,5 @@ class NiftiReader(StudyReader):
 
     def load(self, files: Sequence[str], name: Optional[str] = None,
              source: Optional[str] = None, options: Optional[ReadOptions] = None) -> Study:
-        return load_nifti(files[0], name=name, source=source)
+        return load_nifti(files[0], name=name, source=source,
+                          keep_identifiers=options is not None and options.keep_identifiers)
