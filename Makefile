@@ -55,6 +55,7 @@ real-model: real-data
 	    $(REAL_OPTS)
 
 test: install lint
+	bash tools/install_browser.sh
 	$(PY) -m pytest $(PYTEST_PARALLEL) --durations=25 $(PYTEST_ARGS)
 
 # the same without the tests marked slow (training, processes, tools end to end)

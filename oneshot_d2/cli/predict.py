@@ -3,7 +3,7 @@
     python tools/predict.py --config-file CFG MODEL.WEIGHTS output/model_final.pth \\
         --input scan_dicom_folder/ patient.nii.gz slices/ --output predictions/ \\
         [--batch-size 8] [--device cpu|cuda] [--save-overlays] [--save-nifti]
-        [--output-type dicom-seg|dicom-sr] [--keep-identifiers] [--skip-existing]
+        [--output-type html|dicom-seg|dicom-sr] [--keep-identifiers] [--skip-existing]
 
 One study per DICOM series (a folder tree may hold several), per NIfTI file, per folder of
 image files or per single image file. Hounsfield-unit inputs are windowed with the config's
@@ -50,7 +50,7 @@ from .common import EXIT_ERROR, add_debug_argument, error_message, run_cli
 logger = logging.getLogger("predict")
 # Errors of one study: it is reported and skipped, the others still run.
 STUDY_ERRORS = (OneShotError, OSError)
-OUTPUT_TYPES = ("dicom-seg", "dicom-sr")
+OUTPUT_TYPES = ("html", "dicom-seg", "dicom-sr")
 
 
 def without_paths(message: str, inputs: Sequence[str]) -> str:
@@ -84,10 +84,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    help="the lesion label volume as NIfTI in the input's geometry")
     p.add_argument("--output-type", action="append", default=[], choices=OUTPUT_TYPES,
                    metavar="TYPE",
-                   help="an extra output (repeatable): dicom-seg, the lesion labels as a DICOM "
-                        "Segmentation object; dicom-sr, the lesion burden and patient result "
-                        "as a DICOM Structured Report (TID 1500). DICOM inputs only; both "
-                        "carry the patient's identifiers: they need --keep-identifiers")
+                   help="an extra output (repeatable): html, a self-contained report.html per "
+                        "study and index.html over the run; dicom-seg, the lesion labels as a "
+                        "DICOM Segmentation object; dicom-sr, the lesion burden and patient "
+                        "result as a DICOM Structured Report (TID 1500). The DICOM ones: DICOM "
+                        "inputs only, and they carry the patient's identifiers: they need "
+                        "--keep-identifiers")
     p.add_argument("--keep-identifiers", action="store_true",
                    help="name DICOM studies <PatientID>_<SeriesNumber> and keep PatientID, "
                         "UIDs, SeriesDescription, paths and file names in the outputs "
@@ -111,7 +113,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
-    dicom_outputs = sorted(set(args.output_type))
+    output_types = sorted(set(args.output_type))
+    dicom_outputs = [t for t in output_types if t.startswith("dicom-")]
+    html = "html" in output_types
     if dicom_outputs and not args.keep_identifiers:
         raise UsageError(f"--output-type {dicom_outputs[0]} writes the patient's identifiers "
                          "(a DICOM object joins the source study in PACS): add "
@@ -136,7 +140,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     run = run_fingerprint(predictor.cfg, {"save_overlays": args.save_overlays,
                                           "save_nifti": args.save_nifti,
                                           "keep_identifiers": args.keep_identifiers,
-                                          "output_types": dicom_outputs})
+                                          "output_types": output_types})
     model_name = f"oneshot_d2 {cfg.MODEL.META_ARCHITECTURE} {cfg.MODEL.ONESHOT.IMAGE_HEAD.NAME}"
     slice_rows, study_rows = [], []
     reused = 0
@@ -150,7 +154,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             if previous is not None and previous.get("fingerprint") == fingerprint:
                 slice_rows += previous["slices"]
                 study_rows.append(study_summary_row(ref.name, ref.source, previous))
-                write_studies_table(out, study_rows)
+                write_studies_table(out, study_rows, html)
                 reused += 1
                 logger.info("%s: done before, kept (--skip-existing)", ref.name)
                 continue
@@ -167,18 +171,18 @@ def main(argv: Optional[List[str]] = None) -> int:
             report = study_report(pred, predictor, args.config_file, fingerprint)
             folder = write_study(out, pred, report, config_yaml, predictor.image_classes,
                                  predictor.lesion_classes, args.save_overlays, args.save_nifti,
-                                 dicom_outputs, model_name)
+                                 output_types, model_name)
         except STUDY_ERRORS as e:
             if args.debug:
                 raise
             print(f"predict: error: {error_message(e)}", file=sys.stderr)
             study_rows.append(study_summary_row(ref.name, ref.source, error=row_error(e)))
-            write_studies_table(out, study_rows)
+            write_studies_table(out, study_rows, html)
             failed += 1
             continue
         slice_rows += report["slices"]
         study_rows.append(study_summary_row(study.name, study.source, report))
-        write_studies_table(out, study_rows)
+        write_studies_table(out, study_rows, html)
         patient = report["patient"]
         logger.info("%s: %d slices in %.1f s -> %s%s", study.name, study.num_slices,
                     time.perf_counter() - start,
@@ -190,7 +194,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         logger.info("%d of %d studies kept from an earlier run (--skip-existing)", reused,
                     len(refs))
     study_rows += [study_summary_row("", "", error=row_error(e)) for e in errors]
-    write_run_tables(out, slice_rows, study_rows)
+    write_run_tables(out, slice_rows, study_rows, html)
     if failed:
         logger.info("%d of %d studies failed (studies.csv lists them)", failed,
                     len(refs) + len(errors))

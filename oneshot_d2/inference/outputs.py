@@ -12,6 +12,8 @@ Layout under the output folder ``OUT``::
     OUT/<study>/lesions.nii.gz      # with --save-nifti: lesion labels in the input's geometry
     OUT/<study>/lesions_seg.dcm     # with --output-type dicom-seg: the labels as a DICOM SEG
     OUT/<study>/measurements_sr.dcm # with --output-type dicom-sr: the numbers as a DICOM SR
+    OUT/<study>/report.html         # with --output-type html: the study's page
+    OUT/index.html                  # with --output-type html: the run's page
 
 A study folder is written under a temporary name and renamed into place
 (:func:`~oneshot_d2.utils.file_io.replace_folder`), so after a kill ``OUT/<study>`` is the
@@ -36,6 +38,7 @@ from ..utils.file_io import atomic_write_text
 from ..utils.managed_folder import foreign_entry, locked_folder, new_folder_version
 from .dicom_seg import SEG_FILE, dicom_seg
 from .dicom_sr import SR_FILE, dicom_sr
+from .html_report import index_html, study_html
 from .overlays import key_slices, slice_overlay, summary_figure
 from .report import negative_class_index
 from .study_prediction import REPORT_TOOL, StudyPrediction
@@ -44,6 +47,7 @@ __all__ = ["write_study", "write_run_tables", "write_studies_table", "is_predict
            "read_study_report", "csv_text", "study_summary_row"]
 
 logger = logging.getLogger(__name__)
+HTML_FILE = "report.html"
 
 
 def read_study_report(folder: str) -> Optional[Dict]:
@@ -82,30 +86,55 @@ def _check_replaceable(folder: str) -> None:
                          "another --output")
 
 
+def _overlay(pred: StudyPrediction, i: int, image_classes: List[str],
+             lesion_classes: List[str]) -> np.ndarray:
+    """Slice ``i``'s overlay (BGR): lesion contours, RoI batch, class."""
+    return slice_overlay(
+        pred.images[i], pred.labels[i], lesion_classes,
+        None if pred.probs is None else pred.probs[i], image_classes,
+        pred.roi_boxes[i] if pred.roi_boxes else None,
+        pred.roi_weights[i] if pred.roi_weights else None,
+        caption=f"{pred.study.name} slice {i}")
+
+
+def _key_slices(pred: StudyPrediction, image_classes: List[str]) -> List[int]:
+    """The slices worth a look (:func:`~.overlays.key_slices`)."""
+    area = (pred.labels > 0).reshape(len(pred.labels), -1).sum(axis=1)
+    neg = negative_class_index(image_classes, "") if image_classes else None
+    positive = [c for c in range(len(image_classes)) if c != neg]
+    return key_slices(pred.probs, area, positive)
+
+
+def _scan_axis(pred: StudyPrediction):
+    """(positions along the scan, their name): mm when known, else slice indices."""
+    if pred.study.positions is not None:
+        return np.asarray(pred.study.positions, float), "slice position (mm)"
+    return np.arange(len(pred.labels), dtype=float), "slice index"
+
+
+def _write_html(tmp: str, pred: StudyPrediction, report: Dict, image_classes: List[str],
+                lesion_classes: List[str]) -> None:
+    """``report.html`` into ``tmp``."""
+    xs, xlabel = _scan_axis(pred)
+    pictures = {i: _overlay(pred, i, image_classes, lesion_classes)
+                for i in _key_slices(pred, image_classes)}
+    with open(os.path.join(tmp, HTML_FILE), "w", encoding="utf-8") as f:
+        f.write(study_html(report, xs, xlabel, pred.probs, pictures))
+
+
 def _write_pictures(tmp: str, pred: StudyPrediction, report: Dict, image_classes: List[str],
                     lesion_classes: List[str]) -> None:
     """Overlays of every slice and the summary figure into ``tmp``."""
     study = pred.study
     os.makedirs(os.path.join(tmp, "overlays"))
     overlays = {}
-    for i, image in enumerate(pred.images):
-        picture = slice_overlay(
-            image, pred.labels[i], lesion_classes,
-            None if pred.probs is None else pred.probs[i], image_classes,
-            pred.roi_boxes[i] if pred.roi_boxes else None,
-            pred.roi_weights[i] if pred.roi_weights else None,
-            caption=f"{study.name} slice {i}")
+    for i in range(len(pred.images)):
+        picture = _overlay(pred, i, image_classes, lesion_classes)
         if not cv2.imwrite(os.path.join(tmp, "overlays", f"{i:04d}.png"), picture):
             raise OSError(f"could not write the overlay of slice {i} in {tmp}")
         overlays[i] = picture
-    area = (pred.labels > 0).reshape(len(pred.labels), -1).sum(axis=1)
-    neg = negative_class_index(image_classes, "") if image_classes else None
-    positive = [c for c in range(len(image_classes)) if c != neg]
-    chosen = key_slices(pred.probs, area, positive)
-    if study.positions is not None:
-        xs, xlabel = np.asarray(study.positions, float), "slice position (mm)"
-    else:
-        xs, xlabel = np.arange(len(pred.labels), dtype=float), "slice index"
+    chosen = _key_slices(pred, image_classes)
+    xs, xlabel = _scan_axis(pred)
     per_class = np.stack([(pred.labels == k + 1).reshape(len(pred.labels), -1).sum(axis=1)
                           for k in range(len(lesion_classes))], axis=1) \
         if lesion_classes else np.zeros((len(pred.labels), 0))
@@ -129,11 +158,12 @@ def _write_pictures(tmp: str, pred: StudyPrediction, report: Dict, image_classes
 def write_study(out_root: str, pred: StudyPrediction, report: Dict, config_yaml: str,
                 image_classes: List[str], lesion_classes: List[str],
                 save_overlays: bool = False, save_nifti: bool = False,
-                dicom_outputs: Sequence[str] = (), model_name: str = "oneshot_d2") -> str:
+                output_types: Sequence[str] = (), model_name: str = "oneshot_d2") -> str:
     """Write one study's outputs as ``out_root/<study>``, atomically (module docstring).
-    ``dicom_outputs``: ``"dicom-seg"`` (the lesion labels as a DICOM SEG, :mod:`.dicom_seg`)
-    and / or ``"dicom-sr"`` (the measurements as a DICOM SR, :mod:`.dicom_sr`), for a DICOM
-    study only, their algorithm named ``model_name``.
+    ``output_types``: ``"html"`` (``report.html``, :mod:`.html_report`), ``"dicom-seg"`` (the
+    lesion labels as a DICOM SEG, :mod:`.dicom_seg`) and / or ``"dicom-sr"`` (the
+    measurements as a DICOM SR, :mod:`.dicom_sr`; both for a DICOM study only, their algorithm
+    named ``model_name``).
 
     Returns:
         the study folder.
@@ -156,10 +186,12 @@ def write_study(out_root: str, pred: StudyPrediction, report: Dict, config_yaml:
                          os.path.join(tmp, "lesions.nii.gz"))
             if save_overlays:
                 _write_pictures(tmp, pred, report, image_classes, lesion_classes)
-            if "dicom-seg" in dicom_outputs:
+            if "html" in output_types:
+                _write_html(tmp, pred, report, image_classes, lesion_classes)
+            if "dicom-seg" in output_types:
                 dicom_seg(pred.study, pred.labels, lesion_classes, model_name).save_as(
                     os.path.join(tmp, SEG_FILE), enforce_file_format=True)
-            if "dicom-sr" in dicom_outputs:
+            if "dicom-sr" in output_types:
                 dicom_sr(pred.study, report, model_name).save_as(
                     os.path.join(tmp, SR_FILE), enforce_file_format=True)
             with open(os.path.join(tmp, "report.json"), "w", encoding="utf-8") as f:
@@ -188,12 +220,19 @@ def study_summary_row(name: str, source: str, report: Optional[Dict] = None,
     return row
 
 
-def write_studies_table(out_root: str, study_rows: List[Dict]) -> None:
-    """``OUT/studies.csv``, atomically (rewritten after each study of a run)."""
+def write_studies_table(out_root: str, study_rows: List[Dict], html: bool = False) -> None:
+    """``OUT/studies.csv`` (and with ``html`` ``OUT/index.html``), atomically; rewritten after
+    each study of a run."""
     atomic_write_text(os.path.join(out_root, "studies.csv"), csv_text(study_rows))
+    if html:
+        pages = {r["study"]: f"{r['study']}/{HTML_FILE}" for r in study_rows
+                 if r.get("status") == "ok"
+                 and os.path.isfile(os.path.join(out_root, r["study"], HTML_FILE))}
+        atomic_write_text(os.path.join(out_root, "index.html"), index_html(study_rows, pages))
 
 
-def write_run_tables(out_root: str, slice_rows: List[Dict], study_rows: List[Dict]) -> None:
-    """``OUT/slices.csv`` and ``OUT/studies.csv`` of this run, atomically."""
+def write_run_tables(out_root: str, slice_rows: List[Dict], study_rows: List[Dict],
+                     html: bool = False) -> None:
+    """``OUT/slices.csv`` and ``OUT/studies.csv`` (``OUT/index.html``) of this run, atomically."""
     atomic_write_text(os.path.join(out_root, "slices.csv"), csv_text(slice_rows))
-    write_studies_table(out_root, study_rows)
+    write_studies_table(out_root, study_rows, html)
