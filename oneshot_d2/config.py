@@ -277,6 +277,10 @@ def _add_predict_config(cfg: CN) -> CN:
     #   highest non-negative class when that fraction reaches PATIENT_MIN_FRACTION.
     _choice(_C, "PREDICT.PATIENT_RULE", "top_k_mean")
     _C.PREDICT.PATIENT_TOP_K = 5
+    # k in mm of scan instead of slices when > 0 and the slice spacing is known: k = this /
+    # slice spacing, rounded, at least 1 (thin- and thick-slice series of one patient then
+    # average over the same length of lung). 0 (default): k = PATIENT_TOP_K slices, as before.
+    _C.PREDICT.PATIENT_TOP_K_MM = 0.0
     _C.PREDICT.PATIENT_THRESH = 0.5
     _C.PREDICT.PATIENT_MIN_FRACTION = 0.1
     # Name of the negative ("no disease") slice class; "" = the class named like normal /

@@ -61,7 +61,8 @@ def negative_class_index(class_names: Sequence[str], negative: str = "") -> Opti
 
 def patient_result(probs: np.ndarray, class_names: Sequence[str], rule: str = "top_k_mean",
                    top_k: int = 5, thresh: float = 0.5, min_fraction: float = 0.1,
-                   negative: str = "") -> Dict:
+                   negative: str = "", top_k_mm: float = 0.0,
+                   slice_spacing: Optional[float] = None) -> Dict:
     """The study's result from its slices' class probabilities (``PREDICT.PATIENT_*``).
 
     Args:
@@ -72,6 +73,8 @@ def patient_result(probs: np.ndarray, class_names: Sequence[str], rule: str = "t
             (each class: fraction of slices predicted as it; positive when the best
             non-negative class reaches ``min_fraction``).
         negative: name of the negative class, "" = found by name (:func:`negative_class_index`).
+        top_k_mm / slice_spacing: with ``top_k_mm > 0`` and a known slice spacing (mm), k is
+            ``round(top_k_mm / slice_spacing)`` slices (at least 1) instead of ``top_k``.
     Returns:
         dict with ``class`` (name), ``class_id``, ``rule``, ``scores`` (per class name) and the
         rule's parameters. Without a negative class the result is the top-scoring class.
@@ -83,9 +86,14 @@ def patient_result(probs: np.ndarray, class_names: Sequence[str], rule: str = "t
     if rule == "top_k_mean":
         if top_k < 1:
             raise ConfigError(f"PREDICT.PATIENT_TOP_K must be >= 1, got {top_k}")
-        k = min(top_k, n)
+        if top_k_mm < 0:
+            raise ConfigError(f"PREDICT.PATIENT_TOP_K_MM must be >= 0, got {top_k_mm}")
+        by_mm = top_k_mm > 0 and slice_spacing is not None and slice_spacing > 0
+        k = min(max(1, int(round(top_k_mm / slice_spacing))) if by_mm else top_k, n)
         scores = np.sort(probs, axis=0)[n - k:].mean(axis=0)
         bar, params = thresh, {"top_k": k, "thresh": thresh}
+        if top_k_mm > 0:
+            params["top_k_mm"] = top_k_mm if by_mm else None  # None: no slice spacing
     elif rule == "fraction":
         counts = np.bincount(probs.argmax(axis=1), minlength=num_classes)
         scores = counts / n

@@ -154,7 +154,8 @@ def study_report(pred: StudyPrediction, predictor: OneShotPredictor,
         p = cfg.PREDICT
         patient = patient_result(pred.probs, predictor.image_classes, p.PATIENT_RULE,
                                  p.PATIENT_TOP_K, p.PATIENT_THRESH, p.PATIENT_MIN_FRACTION,
-                                 p.NEGATIVE_CLASS)
+                                 p.NEGATIVE_CLASS, p.PATIENT_TOP_K_MM,
+                                 None if spacing is None else spacing[2])
     burden = None
     if predictor.lesion_classes:
         burden = lesion_burden(pred.labels, predictor.lesion_classes, spacing, pred.lung)

@@ -212,6 +212,7 @@ def test_burden_per_lung_and_3d_lesions(monkeypatch, study_file, tmp_path):
 @pytest.mark.parametrize("opts, expected", [
     (("PREDICT.PATIENT_THRESH", "0.53"), "Normal"),  # 0.52 < 0.53
     (("PREDICT.PATIENT_TOP_K", "3", "PREDICT.PATIENT_THRESH", "0.7"), "COVID-19"),  # 0.733
+    (("PREDICT.PATIENT_TOP_K_MM", "7.4", "PREDICT.PATIENT_THRESH", "0.7"), "COVID-19"),  # k 3
     (("PREDICT.PATIENT_RULE", "fraction", "PREDICT.PATIENT_MIN_FRACTION", "0.3"), "COVID-19"),
     (("PREDICT.PATIENT_RULE", "fraction", "PREDICT.PATIENT_MIN_FRACTION", "0.31"), "Normal"),
     (("PREDICT.NEGATIVE_CLASS", "COVID-19"), "Normal"),  # Normal's 0.9 is then the positive

@@ -113,6 +113,32 @@ def test_patient_rule_top_k_mean():
     assert patient_result(probs, names, top_k=50)["top_k"] == 8  # k capped at N
 
 
+def test_patient_rule_top_k_in_mm_agrees_on_thin_and_thick_slices():
+    # catches: k counted in slices when PATIENT_TOP_K_MM is set (a thin-slice series of the
+    # patient below would be COVID-19 and its thick-slice series Normal), k not rounded from the
+    # spacing, the option applied without a known spacing
+    names = ["Normal", "COVID-19"]
+    results = {}
+    for spacing, n in ((5.0, 12), (1.25, 45)):  # one phantom patient, 55 mm of scan, twice
+        study = render_phantom_study(COVID, num_slices=n, size=64, seed=1,
+                                     slice_spacing_mm=spacing)
+        position = np.arange(n) * spacing
+        lesion = ((study.mask == 2) | (study.mask == 3)).reshape(n, -1).any(axis=1)
+        lesion &= (position >= 25.0) & (position < 35.0)  # a 10 mm focus: 2 or 8 slices
+        covid = np.where(lesion, 0.9, 0.05)
+        probs = np.stack([1.0 - covid, covid], axis=1)
+        by_slices = patient_result(probs, names, top_k=5, thresh=0.5)
+        by_mm = patient_result(probs, names, top_k=5, thresh=0.5, top_k_mm=25.0,
+                               slice_spacing=spacing)
+        results[spacing] = (int(lesion.sum()), by_slices["class"], by_mm["class"],
+                            by_mm["top_k"], by_mm["scores"]["COVID-19"])
+    assert results[5.0][:4] == (2, "Normal", "Normal", 5)
+    assert results[1.25][:4] == (8, "COVID-19", "Normal", 20)
+    assert results[5.0][4] == pytest.approx(results[1.25][4])  # (2 x 0.9 + 3 x 0.05) / 5
+    unknown = patient_result(np.full((6, 2), 0.5), names, top_k=3, top_k_mm=25.0)
+    assert unknown["top_k"] == 3 and unknown["top_k_mm"] is None
+
+
 def test_patient_rule_fraction_and_negative_class():
     names = ["NonCOVID", "COVID"]
     probs = np.array([[0.6, 0.4]] * 9 + [[0.3, 0.7]])
