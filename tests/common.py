@@ -1,10 +1,13 @@
 """Shared test helpers: paths, configs of the shipped files with offline / tiny overrides, seeded
 models and batches (DensePose-style ``tests/common.py``). Fixtures live in ``conftest.py``."""
+import atexit
 import contextlib
 import logging
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from typing import Dict, List, Sequence, Tuple
 
 import torch
@@ -52,11 +55,26 @@ def dataset_opts(prefix: str, separate: bool = False) -> Tuple[str, ...]:
             "DATASETS.TEST", f"('{seg}test', '{prefix}_cls_test')")
 
 
+_SCRATCH: List[str] = []
+
+
+def scratch_output_dir() -> str:
+    """A folder of this test process for trainers built without an OUTPUT_DIR (their
+    TensorBoard writer opens an events file at construction): never the checkout's
+    ``./output``. Removed when the process exits."""
+    if not _SCRATCH:
+        _SCRATCH.append(tempfile.mkdtemp(prefix="oneshot_d2_tests_"))
+        atexit.register(shutil.rmtree, _SCRATCH[0], True)
+    return _SCRATCH[0]
+
+
 def make_cfg(config_file: str, *opts: str) -> CfgNode:
-    """``get_cfg()`` + ``add_oneshot_config`` + the config file + ``opts`` (not frozen)."""
+    """``get_cfg()`` + ``add_oneshot_config`` + the config file + ``opts`` (not frozen);
+    OUTPUT_DIR a scratch folder unless ``opts`` set it."""
     cfg = get_cfg()
     add_oneshot_config(cfg)
     cfg.merge_from_file(config_file)
+    cfg.OUTPUT_DIR = scratch_output_dir()
     cfg.merge_from_list(list(opts))
     return cfg
 

@@ -36,14 +36,32 @@ def model_slices(study: Study, hu_window) -> np.ndarray:
     return np.asarray(study.pixels, dtype=np.uint8)
 
 
+EXPLANATION_KEYS = ("roi_weights", "attention_pos")  # affinity head, LSTM head
+
+
 def _explanation_weights(pred: SlicePrediction) -> Optional[np.ndarray]:
     """The image head's weight of each RoI of the batch (affinity ``roi_weights``, LSTM
     ``attention_pos``), or ``None``."""
     expl = pred.get("image_cls_explanation") or {}
-    for key in ("roi_weights", "attention_pos"):
+    for key in EXPLANATION_KEYS:
         if key in expl:
             return np.asarray(expl[key], dtype=np.float32).reshape(-1)
     return None
+
+
+def explanation_report(pred: "StudyPrediction", image_head: str) -> Optional[Dict]:
+    """``report.json``'s ``explanation``: per slice, the RoI batch the slice classifier read
+    (boxes ``[x0, y0, x1, y1]`` in the slice's pixels, display orientation) and the head's
+    weight of each box (the affinity head's RoI weights or the LSTM's attention); ``None``
+    for a model without a slice classifier."""
+    if not pred.roi_boxes or all(b is None for b in pred.roi_boxes):
+        return None
+    weights = ("affinity roi_weights" if image_head == "AffinityHead"
+               else "lstm attention_pos" if image_head.startswith("LSTM") else image_head)
+    return {"weights": weights, "slices": [
+        {"boxes": None if b is None else np.round(np.asarray(b, np.float64), 2).tolist(),
+         "weights": None if w is None else np.round(np.asarray(w, np.float64), 6).tolist()}
+        for b, w in zip(pred.roi_boxes, pred.roi_weights)]}
 
 
 @dataclass
@@ -191,6 +209,7 @@ def study_report(pred: StudyPrediction, predictor: OneShotPredictor,
         "burden": burden,
         "lesions_3d": (lesions_3d(pred.labels, predictor.lesion_classes, spacing,
                                   study.positions) if predictor.lesion_classes else None),
+        "explanation": explanation_report(pred, cfg.MODEL.ONESHOT.IMAGE_HEAD.NAME),
         "seconds": pred.seconds,
         "fingerprint": fingerprint,
         "slices": rows,

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from oneshot_d2.cli import run_cli
+from oneshot_d2.config import load_config
 from oneshot_d2.data.datasets.builtin import register_cncb_layout
 from oneshot_d2.data.io import read_gray
 from oneshot_d2.data.phantom import COVID, NORMAL
@@ -315,6 +316,15 @@ def test_cli_dicom_and_nifti_end_to_end(study_inputs, cli_opts, tmp_path, covid_
         assert report["geometry"]["spacing_mm"] == pytest.approx(list(covid_study.spacing))
         assert report["patient"]["class"] in report["model"]["image_classes"]
         assert "ml" in report["burden"] and "percent_of_lung" in report["burden"]
+        # the explanation is saved, not only drawn: the RoI batch and the head's weights
+        explanation = report["explanation"]
+        beta = load_config(AFFINITY_QUICK).MODEL.ONESHOT.ROI_BATCH_SIZE
+        assert explanation["weights"] == "affinity roi_weights"
+        assert len(explanation["slices"]) == 5
+        for item in explanation["slices"]:
+            assert np.asarray(item["boxes"]).shape == (beta, 4) and len(item["weights"]) == beta
+            assert np.all(np.asarray(item["boxes"]) >= 0) and np.all(
+                np.asarray(item["boxes"]) <= 128)
         assert len(os.listdir(folder / "overlays")) == 5
         assert (folder / "summary.png").stat().st_size > 1000
         labels = nib.load(str(folder / "lesions.nii.gz"))
