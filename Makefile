@@ -31,14 +31,20 @@ demo: data
 	$(PY) tools/train_net.py --config-file $(DEMO_CONFIG) $(DEMO_OPTS)
 
 # The model `make demo` trained, run on a phantom patient written as a DICOM series and a NIfTI
-# volume: report.json, slices.csv, overlays, summary.png and lesions.nii.gz per study.
+# volume: report.json, report.html, slices.csv, overlays, summary.png and lesions.nii.gz per
+# study, index.html over the run; then the DICOM series again for its DICOM SEG and SR (they
+# carry the patient's identifiers, here the phantom's) in $(PREDICT_OUTPUT)/dicom_objects.
 predict-demo: install
 	$(PY) datasets/prepare_phantom_study.py
 	$(PY) tools/predict.py --config-file $(DEMO_CONFIG) \
 	    --input $(DETECTRON2_DATASETS)/phantom_study/dicom \
 	    $(DETECTRON2_DATASETS)/phantom_study/nifti/phantom_ct.nii.gz \
-	    --output $(PREDICT_OUTPUT) --save-overlays --save-nifti \
+	    --output $(PREDICT_OUTPUT) --save-overlays --save-nifti --output-type html \
 	    MODEL.WEIGHTS $(DEMO_OUTPUT)/model_final.pth
+	$(PY) tools/predict.py --config-file $(DEMO_CONFIG) \
+	    --input $(DETECTRON2_DATASETS)/phantom_study/dicom \
+	    --output $(PREDICT_OUTPUT)/dicom_objects --output-type dicom-seg --output-type dicom-sr \
+	    --keep-identifiers MODEL.WEIGHTS $(DEMO_OUTPUT)/model_final.pth
 
 # The public sets converted and registered under $(DETECTRON2_DATASETS)/public.
 real-data: install

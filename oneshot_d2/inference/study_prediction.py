@@ -12,6 +12,7 @@ from detectron2.config import CfgNode
 
 from ..data.transforms import lung_window
 from ..version import __version__
+from .field_of_view import scale_check
 from .lesions3d import lesions_3d
 from .lung_mask import lung_mask
 from .predictor import OneShotPredictor, SlicePrediction
@@ -78,6 +79,8 @@ class StudyPrediction:
             each RoI (beta,) (``None`` when the model has no RoI batch).
         lung: (N, H, W) bool classical lung mask (HU inputs), else ``None``.
         seconds: wall time per stage.
+        scale: the study's scale at the model against the training's
+            (:func:`.field_of_view.scale_check`), ``report.json``'s ``geometry.model_scale``.
     """
 
     study: Study
@@ -89,6 +92,7 @@ class StudyPrediction:
     roi_weights: List[Optional[np.ndarray]] = field(default_factory=list)
     lung: Optional[np.ndarray] = None
     seconds: Dict[str, float] = field(default_factory=dict)
+    scale: Dict = field(default_factory=dict)
 
 
 def predict_study(predictor: OneShotPredictor, study: Study,
@@ -104,6 +108,13 @@ def predict_study(predictor: OneShotPredictor, study: Study,
     t0 = time.perf_counter()
     images = model_slices(study, cfg.INPUT.HU_WINDOW)
     n, height, width = images.shape
+    scale, view = scale_check(cfg, (height, width), study.spacing)
+    if view is not None:  # the training's field of view: air where the slice had none
+        air = int(lung_window(np.array([[-1000.0]]), *map(float, cfg.INPUT.HU_WINDOW))[0, 0]) \
+            if study.is_hu else 0
+        model_images = view.to_model(images, air)
+    else:
+        model_images = images
     num_lesion = len(predictor.lesion_classes)
     labels = np.zeros((n, height, width), np.uint8)
     counts = np.zeros((n, num_lesion), np.int64)
@@ -112,18 +123,22 @@ def predict_study(predictor: OneShotPredictor, study: Study,
     weights: List[Optional[np.ndarray]] = []
     thresh = cfg.PREDICT.LESION_SCORE_THRESH
     t1 = time.perf_counter()
-    for i, pred in enumerate(predictor.predict(images)):
+    for i, pred in enumerate(predictor.predict(model_images)):
         if "image_cls" in pred:
             probs.append(pred["image_cls"])
         inst = pred.get("instances")
         if inst is not None and len(inst) and inst.has("pred_masks"):
             scores = inst.scores.numpy()
             classes = inst.pred_classes.numpy()
-            labels[i] = lesion_label_map(inst.pred_masks.numpy().astype(bool), classes, scores,
+            label_map = lesion_label_map(inst.pred_masks.numpy().astype(bool), classes, scores,
                                          thresh)
+            labels[i] = label_map if view is None else view.back(label_map)
             kept = classes[scores >= thresh]
             counts[i] = np.bincount(kept, minlength=num_lesion)[:num_lesion]
-        boxes.append(pred.get("image_cls_boxes"))
+        roi_boxes = pred.get("image_cls_boxes")
+        if view is not None and roi_boxes is not None:
+            roi_boxes = view.boxes_back(np.asarray(roi_boxes))
+        boxes.append(roi_boxes)
         weights.append(_explanation_weights(pred))
         if progress is not None:
             progress(1)
@@ -134,7 +149,7 @@ def predict_study(predictor: OneShotPredictor, study: Study,
     return StudyPrediction(
         study=study, images=images, probs=np.stack(probs) if probs else None, labels=labels,
         lesion_counts=counts, roi_boxes=boxes, roi_weights=weights, lung=lung,
-        seconds={"window": t1 - t0, "model": t2 - t1, "lung_mask": t3 - t2})
+        seconds={"window": t1 - t0, "model": t2 - t1, "lung_mask": t3 - t2}, scale=scale)
 
 
 def _jsonable(value):
@@ -195,7 +210,8 @@ def study_report(pred: StudyPrediction, predictor: OneShotPredictor,
                      "spacing_mm": None if spacing is None else list(spacing),
                      "hounsfield_units": bool(study.is_hu),
                      "hu_window": list(cfg.INPUT.HU_WINDOW) if study.is_hu else None,
-                     "affine_ras": study.affine, "read": study.meta},
+                     "affine_ras": study.affine, "read": study.meta,
+                     "model_scale": pred.scale},
         "model": {"config_file": config_file, "weights": cfg.MODEL.WEIGHTS,
                   "meta_architecture": cfg.MODEL.META_ARCHITECTURE,
                   "image_head": cfg.MODEL.ONESHOT.IMAGE_HEAD.NAME,

@@ -573,7 +573,7 @@ def test_find_studies_mixed_inputs(tmp_path, caplog):
     assert all(r.name.startswith("series-") for r in anonymous[:3])
     assert len({r.name for r in anonymous[:3]}) == 3
     assert [r.source for r in anonymous[:3]] == ["input 2"] * 2 + ["input 5"]
-    assert [(r.name, r.source) for r in anonymous[3:]] == [(r.name, r.source) for r in refs[3:]]
+    assert [(r.name, r.source) for r in anonymous[3:]] == [(r.name, "input 7") for r in refs[3:]]
     assert [r.kind for r in refs] == ["dicom"] * 3 + ["nifti"] * 3
     assert [len(r.files) for r in refs[:3]] == [3, 3, 1]
     assert "notes.txt" in caplog.text and "DICOMDIR" in caplog.text
