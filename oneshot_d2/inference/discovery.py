@@ -68,7 +68,8 @@ class _Names:
     output folders do not collide on macOS / Windows either): ``-2``, ``-3``... suffixes."""
 
     def __init__(self) -> None:
-        self.used: Set[str] = set()
+        # the run's own files in the output folder are no study names
+        self.used: Set[str] = {"slices.csv", "studies.csv", "index.html"}
 
     def __call__(self, name: str) -> str:
         base = safe_name(name)

@@ -58,9 +58,13 @@ class FieldOfView:
         return out
 
     def boxes_back(self, boxes: np.ndarray) -> np.ndarray:
-        """(R, 4) ``x0, y0, x1, y1`` boxes of a model slice -> the study's pixels."""
+        """(R, 4) ``x0, y0, x1, y1`` boxes of a model slice -> the study's pixels (clipped to
+        the slice: a box in the padding ends on its border)."""
         shift = np.array([self.left, self.top, self.left, self.top], dtype=np.float64)
-        return np.asarray(boxes, dtype=np.float64) + shift
+        out = np.asarray(boxes, dtype=np.float64) + shift
+        out[:, 0::2] = out[:, 0::2].clip(0, self.original[1])
+        out[:, 1::2] = out[:, 1::2].clip(0, self.original[0])
+        return out
 
     def _windows(self):
         """(study window, model window): the pixels both have."""
@@ -91,7 +95,7 @@ def scale_check(cfg: CfgNode, shape: Tuple[int, int],
     info: Dict = {"trained_field_of_view_mm": fov or None, "action": "none"}
     if fov <= 0 or spacing is None:
         info["reason"] = ("the model's training field of view is unknown" if fov <= 0
-                          else "the study has no pixel spacing")
+                          else "the study has no (known) pixel spacing")
         return info, None
     min_size, max_size = int(cfg.INPUT.MIN_SIZE_TEST), int(cfg.INPUT.MAX_SIZE_TEST)
     pixel = (float(spacing[0]) + float(spacing[1])) / 2.0

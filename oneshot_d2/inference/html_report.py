@@ -130,8 +130,9 @@ def study_html(report: Dict, xs: Sequence[float], x_label: str, probs: Optional[
             f"{_e(report['version'])} at {_e(report['created'])}.</p>"]
     body.append("<section id=\"patient\"><h2>Patient-level result</h2>")
     if patient:
-        rows = [[_e(c), _num(s, 3), f"<span class=\"bar\" style=\"width:{150 * float(s):.0f}px\">"
-                 "</span>"] for c, s in patient["scores"].items()]
+        rows = [[_e(c), _num(s, 3), "" if s is None else
+                 f"<span class=\"bar\" style=\"width:{150 * float(s):.0f}px\"></span>"]
+                for c, s in patient["scores"].items()]
         rule = (f"rule {patient['rule']}, " + ", ".join(
             f"{k} {patient[k]}" for k in ("top_k", "thresh", "min_fraction") if k in patient)
             + f"; negative class {patient.get('negative_class')}")
@@ -159,14 +160,16 @@ def study_html(report: Dict, xs: Sequence[float], x_label: str, probs: Optional[
         body.append("<p>The model has no lesion classes.</p>")
     body.append("</section>")
     if lesions:
-        rows = [[_e(d["class"]), _num(d["ml"]) if d["ml"] is not None else str(d["voxels"]),
+        in_ml = bool(lesions["lesions"]) and lesions["lesions"][0]["ml"] is not None
+        rows = [[_e(d["class"]), _num(d["ml"]) if in_ml else str(d["voxels"]),
                  f"{d['slices'][0]}-{d['slices'][1]}", _num(d["largest_diameter_mm"], 1)]
                 for d in lesions["lesions"][:20]]
         body += ["<section id=\"lesions3d\"><h2>Lesions in 3-D</h2>",
                  f"<p>{lesions['count']['total']} lesions ("
                  + ", ".join(f"{_e(k)} {v}" for k, v in lesions["count"].items() if k != "total")
                  + "); the 20 largest:</p>",
-                 _table(["class", "mL", "slices", "largest diameter (mm)"], rows), "</section>"]
+                 _table(["class", "mL" if in_ml else "voxels", "slices",
+                         "largest diameter (mm)"], rows), "</section>"]
     body += ["<section id=\"curve\"><h2>Slice probabilities along the scan</h2>",
              curve_svg(xs, probs, model.get("image_classes") or [], x_label), "</section>"]
     figures = "".join(f"<figure><img alt=\"slice {i}\" src=\"{png_data_uri(img)}\">"
@@ -194,9 +197,7 @@ def index_html(study_rows: List[Dict], pages: Dict[str, str]) -> str:
     for r in study_rows:
         name = r.get("study") or "(not found)"
         link = (f"<a href=\"{_e(pages[name])}\">{_e(name)}</a>" if name in pages else _e(name))
-        total = next((v for k, v in r.items() if k.startswith("lesion_ml_total")), "")
-        percent = next((v for k, v in r.items() if k.startswith("lesion_percent_of_lung_total")),
-                       "")
+        total, percent = r.get("lesion_ml_total", ""), r.get("lesion_percent_of_lung_total", "")
         status = _e(r.get("status", ""))
         if r.get("error"):
             status = f"<span class=\"err\">{status}: {_e(r['error'])}</span>"

@@ -12,19 +12,22 @@ __all__ = ["lesions_3d", "largest_diameter"]
 
 # above this many surface points, the diameter is taken over the convex hull's vertices
 _HULL_ABOVE = 2000
+_BLOCK = 2048
 
 
 def largest_diameter(points: np.ndarray) -> float:
-    """The largest distance between two of ``points`` (P, 3) (0 for fewer than two)."""
+    """The largest distance between two of ``points`` (P, 3) (0 for fewer than two); memory
+    bounded (blocks of :data:`_BLOCK` rows) for lesions of any size."""
     from scipy.spatial import ConvexHull
-    from scipy.spatial.distance import pdist
+    from scipy.spatial.distance import cdist
 
     if len(points) < 2:
         return 0.0
     if len(points) > _HULL_ABOVE:
         # the farthest pair lies on the hull ("QJ": flat point sets, e.g. one slice, too)
         points = points[ConvexHull(points, qhull_options="QJ").vertices]
-    return float(pdist(points).max())
+    return float(max(cdist(points[i:i + _BLOCK], points).max()
+                     for i in range(0, len(points), _BLOCK)))
 
 
 def lesions_3d(labels: np.ndarray, lesion_classes: Sequence[str],

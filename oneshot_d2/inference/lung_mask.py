@@ -62,8 +62,12 @@ def lung_mask(hu: np.ndarray, hu_thresh: float = -320.0,
     kept = [order[0] + 1]
     if count > 1 and sizes[order[1]] >= second_fraction * sizes[order[0]]:
         kept.append(order[1] + 1)
-    mask = np.isin(labels, kept)
-    return np.stack([ndimage.binary_fill_holes(s) for s in mask])
+    # holes filled per component: two lungs touching corner to corner would otherwise enclose
+    # the mediastinum (the background is 4-connected to the hole filling)
+    out = np.zeros(inside.shape, bool)
+    for k in kept:
+        out |= np.stack([ndimage.binary_fill_holes(s) for s in labels == k])
+    return out
 
 
 def lung_sides(lung: np.ndarray, second_fraction: float = 0.1):

@@ -209,7 +209,7 @@ def study_summary_row(name: str, source: str, report: Optional[Dict] = None,
         if patient:
             row["patient_class"] = patient["class"]
             for cls, score in patient["scores"].items():
-                row[f"score_{cls}"] = round(score, 6)
+                row[f"score_{cls}"] = "" if score is None else round(score, 6)
         burden = report.get("burden") or {}
         for key in ("ml", "percent_of_lung"):
             for cls, value in (burden.get(key) or {}).items():

@@ -89,7 +89,8 @@ def patient_result(probs: np.ndarray, class_names: Sequence[str], rule: str = "t
         if top_k_mm < 0:
             raise ConfigError(f"PREDICT.PATIENT_TOP_K_MM must be >= 0, got {top_k_mm}")
         by_mm = top_k_mm > 0 and slice_spacing is not None and slice_spacing > 0
-        k = min(max(1, int(round(top_k_mm / slice_spacing))) if by_mm else top_k, n)
+        # halves round up (Python's round() would make 12.5 mm / 5 mm 2 slices, 17.5 mm 4)
+        k = min(max(1, int(math.floor(top_k_mm / slice_spacing + 0.5))) if by_mm else top_k, n)
         scores = np.sort(probs, axis=0)[n - k:].mean(axis=0)
         bar, params = thresh, {"top_k": k, "thresh": thresh}
         if top_k_mm > 0:

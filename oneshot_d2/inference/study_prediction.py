@@ -108,7 +108,8 @@ def predict_study(predictor: OneShotPredictor, study: Study,
     t0 = time.perf_counter()
     images = model_slices(study, cfg.INPUT.HU_WINDOW)
     n, height, width = images.shape
-    scale, view = scale_check(cfg, (height, width), study.spacing)
+    pixel_known = not study.meta.get("pixel_spacing_assumed", False)  # not a guessed 1 mm
+    scale, view = scale_check(cfg, (height, width), study.spacing if pixel_known else None)
     if view is not None:  # the training's field of view: air where the slice had none
         air = int(lung_window(np.array([[-1000.0]]), *map(float, cfg.INPUT.HU_WINDOW))[0, 0]) \
             if study.is_hu else 0
@@ -188,7 +189,8 @@ def study_report(pred: StudyPrediction, predictor: OneShotPredictor,
         patient = patient_result(pred.probs, predictor.image_classes, p.PATIENT_RULE,
                                  p.PATIENT_TOP_K, p.PATIENT_THRESH, p.PATIENT_MIN_FRACTION,
                                  p.NEGATIVE_CLASS, p.PATIENT_TOP_K_MM,
-                                 None if spacing is None else spacing[2])
+                                 None if spacing is None
+                                 or study.meta.get("slice_spacing_assumed") else spacing[2])
     burden = None
     if predictor.lesion_classes:
         burden = lesion_burden(pred.labels, predictor.lesion_classes, spacing, pred.lung)

@@ -39,7 +39,8 @@ def test_scale_check_compares_mm_per_model_pixel():
     unknown, _ = scale_check(_cfg("PREDICT.TRAINED_FIELD_OF_VIEW_MM", "0.0"), (512, 512),
                              (1.0, 1.0, 1.0))
     assert unknown["action"] == "none" and "unknown" in unknown["reason"]
-    assert scale_check(cfg, (512, 512), None)[0]["reason"] == "the study has no pixel spacing"
+    no_spacing = scale_check(cfg, (512, 512), None)[0]
+    assert no_spacing["reason"] == "the study has no (known) pixel spacing"
 
 
 @pytest.mark.parametrize("size", [(30, 40), (90, 100)])  # a crop and a padding
@@ -59,7 +60,8 @@ def test_field_of_view_round_trip(size):
     if size[0] > 60:  # padding: the air fill around the whole slice
         assert model[0, 0, 0] == 7 and inside.all()
     box = np.array([[5.0, 6.0, 9.0, 12.0]])
-    np.testing.assert_allclose(view.boxes_back(box), box + [view.left, view.top] * 2)
+    expected = (box + [view.left, view.top] * 2).clip(0, [70, 60, 70, 60])
+    np.testing.assert_allclose(view.boxes_back(box), expected)  # boxes in the padding clipped
 
 
 class BrightSquares:
@@ -101,3 +103,16 @@ def test_resampled_study_gives_its_lesions_on_its_own_pixels(fov, expected_size)
     np.testing.assert_array_equal(resampled.labels, plain.labels)
     assert plain.labels[0, 28:34, 30:37].all() and plain.labels.sum() == 3 * 42
     np.testing.assert_allclose(resampled.roi_boxes[0], [[30, 28, 36, 33]])
+
+
+def test_a_guessed_pixel_spacing_is_not_checked():
+    # catches: a DICOM series without PixelSpacing (1 mm assumed) cropped to the training's
+    # field of view by its guessed spacing, cutting its lungs
+    hu = np.full((2, 64, 64), -1000.0, np.float32)
+    hu[:, 2:6, 2:6] = 200.0  # a lesion the crop would cut
+    study = Study("s", "s", "dicom", hu, True, (1.0, 1.0, 2.0), None, ["a", "b"], np.eye(4),
+                  meta={"pixel_spacing_assumed": True})
+    model = BrightSquares(_cfg("PREDICT.SPACING_MISMATCH", "resample"))
+    pred = predict_study(model, study)
+    assert pred.scale["action"] == "none" and "pixel spacing" in pred.scale["reason"]
+    assert model.seen == [(64, 64)] * 2 and pred.labels[:, 2:6, 2:6].all()

@@ -116,3 +116,22 @@ def test_report_renders_in_a_headless_browser(pages, tmp_path):
                    capture_output=True, timeout=120, check=True)
     picture = cv2.imread(str(shot))
     assert picture.shape[:2] == (900, 1200) and float(np.std(picture)) > 10
+
+
+def test_a_score_that_is_not_a_number_is_an_empty_cell():
+    # catches: a NaN class score (null in report.json) stopping the whole run with a TypeError
+    # in studies.csv's row or in the page
+    from oneshot_d2.inference.html_report import study_html
+    from oneshot_d2.inference.outputs import study_summary_row
+
+    report = {
+        "study": "s", "source": "input 1", "kind": "nifti", "version": "x", "created": "now",
+        "geometry": {"slices": 1},
+        "model": {"meta_architecture": "M", "image_head": "H", "image_classes": ["A", "B"]},
+        "patient": {"class": "A", "rule": "top_k_mean", "top_k": 1, "thresh": 0.5,
+                    "negative_class": "B", "scores": {"A": None, "B": 0.5}},
+        "burden": None, "lesions_3d": None}
+    row = study_summary_row("s", "input 1", report)
+    assert row["score_A"] == "" and row["score_B"] == 0.5
+    page = study_html(report, [0.0], "slice index", np.array([[np.nan, 0.5]]), {})
+    assert "<td class=\"l\">A</td><td></td><td></td>" in page

@@ -78,3 +78,21 @@ def test_per_lung_burden_splits_by_the_two_lungs_and_the_midline():
     joined = lung.copy()
     joined[:, 4, 6:13] = True  # the two lungs touch: one component
     assert lesion_burden(labels, ["GGO", "consolidation"], SPACING, joined)["per_lung"] is None
+
+
+def test_lungs_touching_by_a_corner_stay_two_lungs():
+    # catches: holes filled on the joined mask (its background is 4-connected): two lungs
+    # touching corner to corner in front of and behind the mediastinum enclose it, the
+    # mediastinum becomes lung and the per-lung burden is lost
+    from oneshot_d2.inference.lung_mask import lung_mask, lung_sides
+
+    hu = np.full((5, 60, 60), 40.0, np.float32)
+    hu[:, :2, :] = hu[:, -2:, :] = hu[:, :, :2] = hu[:, :, -2:] = -1000.0
+    hu[:, 10:50, 8:28] = hu[:, 10:50, 32:52] = -850.0  # mediastinum: columns 28-31
+    hu[2, 10, 28:30] = hu[2, 9:11, 31] = hu[2, 9, 30] = -850.0  # corner contact in front
+    hu[2, 49, 28:30] = hu[2, 49:51, 31] = hu[2, 50, 30] = -850.0  # and behind
+    mask = lung_mask(hu)
+    assert not mask[2, 20:40, 28:32].any()  # the mediastinum is no lung
+    assert int(mask.sum()) == int((hu[:, 2:-2, 2:-2] < -320).sum())
+    right, left, _ = lung_sides(mask)  # corner contact does not join 6-connected components
+    assert right[:, 20:40, 8:28].all() and left[:, 20:40, 32:52].all()

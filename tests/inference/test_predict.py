@@ -138,6 +138,8 @@ def test_patient_rule_top_k_in_mm_agrees_on_thin_and_thick_slices():
     assert results[5.0][4] == pytest.approx(results[1.25][4])  # (2 x 0.9 + 3 x 0.05) / 5
     unknown = patient_result(np.full((6, 2), 0.5), names, top_k=3, top_k_mm=25.0)
     assert unknown["top_k"] == 3 and unknown["top_k_mm"] is None
+    half = patient_result(np.full((9, 2), 0.5), names, top_k_mm=12.5, slice_spacing=5.0)
+    assert half["top_k"] == 3  # 2.5 slices: halves round up
 
 
 def test_patient_rule_fraction_and_negative_class():

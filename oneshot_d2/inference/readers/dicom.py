@@ -303,6 +303,7 @@ def load_dicom_series(files: Sequence[str], name: Optional[str] = None,
     row_sp, col_sp = (float(pixel_spacing[0]), float(pixel_spacing[1])) \
         if pixel_spacing is not None else (1.0, 1.0)
     assumed = pixel_spacing is None
+    slice_assumed = False
     if proj is not None and n > 1:
         steps = np.diff(proj)
         slice_sp = float(np.median(steps))
@@ -319,7 +320,7 @@ def load_dicom_series(files: Sequence[str], name: Optional[str] = None,
         if given is None:
             logger.warning("%s: no slice spacing (no positions, SliceThickness or "
                            "SpacingBetweenSlices): 1 mm assumed", first["path"])
-            slice_sp, assumed = 1.0, True
+            slice_sp, assumed, slice_assumed = 1.0, True, True
         else:
             slice_sp = given
         step_vec = up * slice_sp
@@ -363,6 +364,8 @@ def load_dicom_series(files: Sequence[str], name: Optional[str] = None,
         "shape": [int(v) for v in pixels.shape],
         "display_flips": {"transposed": transposed},
         "spacing_assumed": assumed,
+        "pixel_spacing_assumed": pixel_spacing is None,
+        "slice_spacing_assumed": slice_assumed,
         "n_files": n,
     }
     rescales = {(s["slope"], s["intercept"]) for s in slices}
