@@ -4,10 +4,10 @@ The model resizes every slice to its input size (``INPUT.MIN_SIZE_TEST``), so wh
 the field of view: a slice covering 500 mm shows the lungs at 70 % of their size in a model
 trained on 350 mm slices. ``PREDICT.TRAINED_FIELD_OF_VIEW_MM`` records the training slices'
 field of view (0: unknown, no check). A study whose mm per model pixel differs from the
-training's by more than ``PREDICT.SPACING_TOLERANCE`` (a factor) is warned about
-(``PREDICT.SPACING_MISMATCH`` ``"warn"``) or, with ``"resample"``, its slices are cropped
-around the centre or padded with air to the training's field of view before the model's
-resize, and the model's outputs are put back on the study's own pixels.
+training's by more than ``PREDICT.SPACING_TOLERANCE`` (a factor) has its slices cropped
+around the centre or padded with air to the training's field of view before the model's resize,
+the model's outputs put back on the study's own pixels (``PREDICT.SPACING_MISMATCH``
+``"resample"``, the default), or is predicted as it is with a warning (``"warn"``).
 """
 from __future__ import annotations
 

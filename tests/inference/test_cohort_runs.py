@@ -11,6 +11,7 @@ import pytest
 from tests.common import AFFINITY_QUICK, REPO, run_script
 from tests.inference.test_output_values import (
     _PREDICT_WITH_THE_STUB,
+    SCALE_CHECK_OFF,
     N,
     StubPredictor,
     ct_volume,
@@ -95,7 +96,7 @@ def test_a_killed_run_resumes_without_recomputing_finished_studies(monkeypatch, 
     assert predict(monkeypatch, inputs, reference, *opts) == 3 * N
     out = tmp_path / "out"
     args = ["--config-file", AFFINITY_QUICK, "--input", *map(str, inputs), "--output", str(out),
-            "--no-progress", *opts]
+            "--no-progress", *opts, *SCALE_CHECK_OFF]
     killed = run_script(["-c", _PREDICT_WITH_THE_STUB, REPO, *args], tmp_path,
                         kill_at=f"predict-done:{STUDIES[1]}")
     assert killed.returncode == -9, killed.stderr

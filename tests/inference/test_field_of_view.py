@@ -22,7 +22,7 @@ def _cfg(*opts):
 def test_scale_check_compares_mm_per_model_pixel():
     # catches: the check on pixel spacing alone (a 512 px slice at 0.68 mm is the training's
     # scale at 256 px), the tolerance applied one way only, a check without a known scale
-    cfg = _cfg()
+    cfg = _cfg("PREDICT.SPACING_MISMATCH", "warn")
     assert cfg.PREDICT.TRAINED_FIELD_OF_VIEW_MM == 350.0  # the phantom configs record it
     same, view = scale_check(cfg, (512, 512), (0.68, 0.68, 1.0))  # 348 mm
     assert same["action"] == "none" and view is None
@@ -33,7 +33,7 @@ def test_scale_check_compares_mm_per_model_pixel():
     assert tight["action"] == "none"
     tighter, _ = scale_check(cfg, (200, 200), (1.0, 1.0, 1.0))  # 200 mm: x0.57, beyond
     assert tighter["action"] == "warned" and tighter["ratio"] < 1
-    resample = _cfg("PREDICT.SPACING_MISMATCH", "resample")
+    resample = _cfg()  # the default: resample
     info, view = scale_check(resample, (512, 512), (1.0, 1.0, 1.0))
     assert info["action"] == "resampled" and view.size == (350, 350) and view.top == 81
     unknown, _ = scale_check(_cfg("PREDICT.TRAINED_FIELD_OF_VIEW_MM", "0.0"), (512, 512),
@@ -93,10 +93,9 @@ def test_resampled_study_gives_its_lesions_on_its_own_pixels(fov, expected_size)
     hu[:, 28:34, 30:37] = 200.0  # bright (above 200 in the lung window) near the centre
     study = Study("s", "s", "nifti", hu, True, (1.0, 1.0, 2.0), None, ["a", "b", "c"],
                   np.eye(4))
-    plain = predict_study(BrightSquares(_cfg("PREDICT.TRAINED_FIELD_OF_VIEW_MM", str(fov))),
-                          study)
-    model = BrightSquares(_cfg("PREDICT.TRAINED_FIELD_OF_VIEW_MM", str(fov),
-                               "PREDICT.SPACING_MISMATCH", "resample"))
+    plain = predict_study(BrightSquares(_cfg("PREDICT.TRAINED_FIELD_OF_VIEW_MM", str(fov),
+                                             "PREDICT.SPACING_MISMATCH", "warn")), study)
+    model = BrightSquares(_cfg("PREDICT.TRAINED_FIELD_OF_VIEW_MM", str(fov)))  # resample
     resampled = predict_study(model, study)
     assert plain.scale["action"] == "warned" and resampled.scale["action"] == "resampled"
     assert model.seen == [expected_size] * 3
