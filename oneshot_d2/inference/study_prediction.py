@@ -113,7 +113,8 @@ def predict_study(predictor: OneShotPredictor, study: Study,
     if view is not None:  # the training's field of view: air where the slice had none
         air = int(lung_window(np.array([[-1000.0]]), *map(float, cfg.INPUT.HU_WINDOW))[0, 0]) \
             if study.is_hu else 0
-        model_images = view.to_model(images, air)
+        # slice by slice: a padded volume would hold the whole study again, larger
+        model_images = (view.to_model(images[k:k + 1], air)[0] for k in range(n))
     else:
         model_images = images
     num_lesion = len(predictor.lesion_classes)
