@@ -30,7 +30,7 @@ from typing import List, Optional, Sequence
 from tqdm import tqdm
 
 from ..config import load_config, resolve_device
-from ..errors import OneShotError, StudyError, UsageError
+from ..errors import OneShotError, UsageError
 from ..inference import (
     OneShotPredictor,
     find_studies,
@@ -159,11 +159,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                 reused += 1
                 logger.info("%s: done before, kept (--skip-existing)", ref.name)
                 continue
-            if dicom_outputs and ref.kind != "dicom":
-                raise StudyError(f"{ref.source}: --output-type {dicom_outputs[0]} needs a DICOM "
-                                 f"series (this is a {ref.kind} input)")
             study = ref.load()
-            for output in dicom_outputs:  # a series they cannot reference fails before the model
+            # a study they cannot reference (not DICOM, attributes missing) fails before the model
+            for output in dicom_outputs:
                 source_headers(study, f"--output-type {output}", geometry=output == "dicom-seg")
             start = time.perf_counter()
             with tqdm(total=study.num_slices, desc=study.name, unit="slice",

@@ -35,11 +35,11 @@ def lesion_code(name: str) -> Tuple[str, str, str]:
 
 
 def source_headers(study: Study, what: str, geometry: bool = False) -> List:
-    """The headers (no pixels) of a DICOM study's source images, in slice order, made ready
-    for highdicom: empty type 2 patient / study attributes where the files lack them; with
-    ``geometry``, one ImageOrientationPatient for all (the first image's: the reader accepted
-    differences within its tolerance) and SliceThickness, when absent or empty, set to the
-    study's slice spacing.
+    """The headers (no pixels) of a DICOM study's source images, in slice order (read once per
+    study, then reused), made ready for highdicom: empty type 2 patient / study attributes
+    where the files lack them; with ``geometry``, one ImageOrientationPatient for all (the
+    first image's: the reader accepted differences within its tolerance) and SliceThickness,
+    when absent or empty, set to the study's slice spacing.
 
     Raises:
         StudyError: not a DICOM study (``what`` names the output asked for), or an image
@@ -51,8 +51,10 @@ def source_headers(study: Study, what: str, geometry: bool = False) -> List:
     if study.dicom_layout is None:
         raise StudyError(f"{study.source}: {what} needs a DICOM series (this is a "
                          f"{study.kind} input)")
-    headers = [pydicom.dcmread(path, stop_before_pixels=True)
-               for path in study.dicom_layout.files]
+    layout = study.dicom_layout
+    if layout.headers is None:
+        layout.headers = [pydicom.dcmread(path, stop_before_pixels=True) for path in layout.files]
+    headers = layout.headers
     required = _REFERENCES + (_GEOMETRY if geometry else ())
     for path, ds in zip(study.dicom_layout.files, headers):
         missing = [k for k in required if ds.get(k, None) in (None, "")]

@@ -52,10 +52,13 @@ class DicomLayout:
             (inferior -> superior).
         ornt: (3, 2) ``nib.orientations.io_orientation`` of the stored images laid out as
             ``array[column, row, slice]``: stored axes -> RAS+ axes.
+        headers: the files' headers, read once by :func:`.dicom_sources.source_headers`
+            (``None`` until then).
     """
 
     files: List[str]
     ornt: np.ndarray
+    headers: Optional[List[Any]] = field(default=None, repr=False)
 
 
 
