@@ -53,6 +53,7 @@ setup(
         "oneshot-count-detections=oneshot_d2.cli.count_detections:entry_point",
         "oneshot-linear-probe=oneshot_d2.cli.linear_probe:entry_point",
         "oneshot-image-head-ceiling=oneshot_d2.cli.image_head_ceiling:entry_point",
+        "oneshot-export-model=oneshot_d2.cli.export_model:entry_point",
     ]},
     extras_require={
         "test": ["pytest", "pytest-xdist>=3.8", "ruff"],

@@ -14,7 +14,7 @@ LAYERS = [
     {"compat", "config"},
     {"data"},
     {"modeling"},
-    {"checkpoint", "evaluation"},
+    {"checkpoint", "evaluation", "export"},
     {"inference"},
     {"engine"},
     {"benchmark"},

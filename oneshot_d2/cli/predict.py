@@ -3,6 +3,7 @@
     python tools/predict.py --config-file CFG MODEL.WEIGHTS output/model_final.pth \\
         --input scan_dicom_folder/ patient.nii.gz slices/ --output predictions/ \\
         [--batch-size 8] [--device cpu|cuda] [--save-overlays] [--save-nifti]
+        [--backend torch|torchscript|onnxruntime]
         [--output-type html|dicom-seg|dicom-sr] [--keep-identifiers] [--skip-existing]
 
 One study per DICOM series (a folder tree may hold several), per NIfTI file, per folder of
@@ -41,6 +42,7 @@ from ..inference import (
     write_study,
 )
 from ..inference.dicom_sources import source_headers
+from ..inference.exported_predictor import BACKENDS, ExportedPredictor
 from ..inference.fingerprint import run_fingerprint, study_fingerprint
 from ..inference.outputs import read_study_report, write_studies_table
 from ..utils.file_io import make_folder
@@ -75,6 +77,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    help="DICOM files / folders, NIfTI files, image files / folders")
     p.add_argument("--output", required=True, metavar="DIR", help="output folder")
     p.add_argument("--batch-size", type=int, default=8, help="slices per forward pass (8)")
+    p.add_argument("--backend", choices=BACKENDS, default="torch",
+                   help="torch (default): the checkpoint in PyTorch; torchscript / onnxruntime: "
+                        "a file of tools/export_model.py given as MODEL.WEIGHTS (model.ts / "
+                        "model.onnx), run by TorchScript / ONNX Runtime (docs/deploy.md)")
     p.add_argument("--device", choices=("cpu", "cuda"),
                    help="default: the config's MODEL.DEVICE (a CUDA one falls back to the CPU "
                         "when there is no GPU; --device cuda is refused then)")
@@ -130,7 +136,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not refs:
         print("predict: error: no study to predict in " + " ".join(args.input), file=sys.stderr)
         return EXIT_ERROR
-    predictor = OneShotPredictor(cfg, batch_size=args.batch_size)
+    if args.backend == "torch":
+        predictor = OneShotPredictor(cfg, batch_size=args.batch_size)
+    else:
+        if not cfg.MODEL.WEIGHTS:
+            raise UsageError(f"--backend {args.backend} runs an exported file: give it as "
+                             "MODEL.WEIGHTS (model.onnx / model.ts of tools/export_model.py)")
+        predictor = ExportedPredictor(cfg, cfg.MODEL.WEIGHTS, args.backend,
+                                      batch_size=args.batch_size)
     out = make_folder(args.output, "--output")
 
     def row_error(e: BaseException) -> str:  # studies.csv's error: no path unless kept
@@ -138,10 +151,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         return text if args.keep_identifiers else without_paths(text, args.input)
 
     config_yaml = predictor.cfg.dump()
-    run = run_fingerprint(predictor.cfg, {"save_overlays": args.save_overlays,
-                                          "save_nifti": args.save_nifti,
-                                          "keep_identifiers": args.keep_identifiers,
-                                          "output_types": output_types})
+    options = {"save_overlays": args.save_overlays, "save_nifti": args.save_nifti,
+               "keep_identifiers": args.keep_identifiers, "output_types": output_types}
+    if args.backend != "torch":  # (torch: the fingerprints of earlier versions stay valid)
+        options["backend"] = args.backend
+    run = run_fingerprint(predictor.cfg, options)
     model_name = f"oneshot_d2 {cfg.MODEL.META_ARCHITECTURE} {cfg.MODEL.ONESHOT.IMAGE_HEAD.NAME}"
     slice_rows, study_rows = [], []
     reused = 0

@@ -27,12 +27,22 @@ from scipy import ndimage
 __all__ = ["lung_mask", "lung_sides"]
 
 
-def _drop_border_regions(air: np.ndarray) -> np.ndarray:
-    """``air`` (H, W) bool without its connected regions (8-connected) that touch the border."""
-    labels, count = ndimage.label(air, structure=np.ones((3, 3), bool))
+# In-plane connectivity for whole-volume calls that must act slice by slice: no neighbour
+# across slices, so a label / fill over the volume equals one per slice.
+_IN_PLANE_8 = np.zeros((3, 3, 3), bool)
+_IN_PLANE_8[1] = True
+_IN_PLANE_4 = np.zeros((3, 3, 3), bool)
+_IN_PLANE_4[1] = ndimage.generate_binary_structure(2, 1)
+
+
+def _drop_border_regions(air: np.ndarray, structure: np.ndarray = _IN_PLANE_8) -> np.ndarray:
+    """``air`` (N, H, W) bool without, in each slice, its connected regions (8-connected in
+    the slice; 4 with ``_IN_PLANE_4``) that touch the slice's border."""
+    labels, count = ndimage.label(air, structure=structure)
     if count == 0:
         return air
-    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    border = np.unique(np.concatenate([labels[:, 0].ravel(), labels[:, -1].ravel(),
+                                       labels[:, :, 0].ravel(), labels[:, :, -1].ravel()]))
     keep = np.ones(count + 1, bool)
     keep[border] = False
     keep[0] = False
@@ -53,7 +63,7 @@ def lung_mask(hu: np.ndarray, hu_thresh: float = -320.0,
     """
     if hu.ndim != 3:
         raise ValueError(f"hu must be (N, H, W), got shape {hu.shape}")
-    inside = np.stack([_drop_border_regions(s < hu_thresh) for s in hu])
+    inside = _drop_border_regions(hu < hu_thresh)
     labels, count = ndimage.label(inside)  # 6-connectivity in 3-D
     if count == 0:
         return inside
@@ -64,9 +74,12 @@ def lung_mask(hu: np.ndarray, hu_thresh: float = -320.0,
         kept.append(order[1] + 1)
     # holes filled per component: two lungs touching corner to corner would otherwise enclose
     # the mediastinum (the background is 4-connected to the hole filling)
+    # hole filling as binary_fill_holes in each slice: the background regions (4-connected)
+    # that do not touch the slice's border
     out = np.zeros(inside.shape, bool)
     for k in kept:
-        out |= np.stack([ndimage.binary_fill_holes(s) for s in labels == k])
+        component = labels == k
+        out |= component | _drop_border_regions(~component, _IN_PLANE_4)
     return out
 
 

@@ -24,8 +24,10 @@ from ..checkpoint import AtomicCheckpointer, check_complete_model, check_weights
 from ..config import load_config
 from ..data.transforms import input_transforms
 from ..errors import ConfigError
+from ..export import model_kind
 
-__all__ = ["OneShotPredictor", "SlicePrediction", "class_names_of", "to_model_channels"]
+__all__ = ["OneShotPredictor", "SlicePredictor", "SlicePrediction", "class_names_of",
+           "to_model_channels"]
 
 logger = logging.getLogger(__name__)
 
@@ -84,73 +86,39 @@ def to_model_channels(image: np.ndarray, input_format: str) -> np.ndarray:
                       "(L, BGR or RGB)")
 
 
-class OneShotPredictor:
-    """Run a trained oneshot_d2 model (one-shot, Mask R-CNN baseline or plain classifier) on
-    slices.
-
-    Batched (``batch_size`` slices per forward pass), in eval mode under
-    ``torch.inference_mode``, on ``cfg.MODEL.DEVICE`` (``cpu`` or ``cuda``). Deterministic: a
-    slice's outputs do not depend on the batch it is in (the models run each batch in groups
-    of equal size; GroupNorm / eval-mode BatchNorm only).
+class SlicePredictor:
+    """What every predictor backend shares: the evaluation's preprocessing
+    (:meth:`model_input`), batching (:meth:`predict`), the class names, and the outputs as
+    :class:`SlicePrediction`. A backend implements :meth:`_run_model` (model inputs -> Detectron2
+    post-processed outputs, one dict per slice).
 
     Args:
-        cfg: a config with ``add_oneshot_config`` keys and ``MODEL.WEIGHTS`` set.
-        batch_size: slices per forward pass.
-        allow_random_weights: run with ``MODEL.WEIGHTS`` empty (tests only: the outputs are
-            meaningless).
-        lesion_score_thresh: lesion detections scoring below it are dropped inside the model,
-            before their masks are pasted at full size (default
-            ``PREDICT.LESION_SCORE_THRESH``, the reports' threshold). The kept detections are
-            exactly those ``--eval-only`` gives with that score or more; ``image_cls`` does not
-            depend on it (the classification branch scores its own proposals).
+        cfg: a config with ``add_oneshot_config`` keys.
+        kind: what the model computes (``oneshot``, ``rcnn`` or ``classifier``).
+        batch_size: slices per call of :meth:`_run_model`.
 
-    Raises:
-        ConfigError / CheckpointError: empty, missing or unreadable weights, or a checkpoint
-            that does not hold this config's model (one line naming the file).
+    Attributes:
+        backend: what runs the model (``tools/predict.py --backend``; in report.json).
     """
 
-    def __init__(self, cfg: CfgNode, batch_size: int = 8, allow_random_weights: bool = False,
-                 lesion_score_thresh: Optional[float] = None):
+    backend = "torch"
+
+    def __init__(self, cfg: CfgNode, kind: str, batch_size: int = 8):
         if batch_size < 1:
             raise ConfigError(f"batch size must be >= 1, got {batch_size}")
         self.cfg = cfg.clone()
         self.cfg.freeze()
-        check_weights(self.cfg, eval_only=True, allow_random=allow_random_weights)
-        self.model = build_model(self.cfg)
-        self.model.eval()
-        checkpointer = AtomicCheckpointer(self.model)
-        if self.cfg.MODEL.WEIGHTS:
-            checkpointer.load(self.cfg.MODEL.WEIGHTS)
-            check_complete_model(checkpointer, self.cfg, allow_random=allow_random_weights)
         self.batch_size = batch_size
-        if lesion_score_thresh is None:
-            lesion_score_thresh = self.cfg.PREDICT.LESION_SCORE_THRESH
-        box_predictor = getattr(getattr(self.model, "roi_heads", None), "box_predictor", None)
-        if box_predictor is not None and hasattr(box_predictor, "test_score_thresh"):
-            box_predictor.test_score_thresh = max(box_predictor.test_score_thresh,
-                                                  float(lesion_score_thresh))
         self.input_format = self.cfg.INPUT.FORMAT
         self.augmentations = T.AugmentationList(input_transforms(self.cfg)
                                                 + utils.build_augmentation(self.cfg, False))
         self.device = torch.device(self.cfg.MODEL.DEVICE)
-        head_classes = (self.cfg.MODEL.ONESHOT.NUM_IMAGE_CLASSES
-                        if hasattr(self.model, "image_head") or not hasattr(self.model,
-                                                                             "roi_heads") else 0)
+        head_classes = self.cfg.MODEL.ONESHOT.NUM_IMAGE_CLASSES if kind != "rcnn" else 0
         self.image_classes = class_names_of(self.cfg, "image_classes", head_classes, "class")
-        self.has_lesions = hasattr(self.model, "roi_heads")
+        self.has_lesions = kind != "classifier"
         self.lesion_classes = class_names_of(
             self.cfg, "thing_classes", self.cfg.MODEL.ROI_HEADS.NUM_CLASSES, "lesion") \
             if self.has_lesions else []
-
-    @classmethod
-    def from_config_file(cls, config_file: str, weights: Optional[str] = None,
-                         opts: Sequence[str] = (), **kwargs) -> "OneShotPredictor":
-        """The predictor of ``config_file`` (+ ``opts`` ``KEY VALUE`` pairs) with ``weights``
-        (default: the config's ``MODEL.WEIGHTS``)."""
-        cfg = load_config(config_file, opts)
-        if weights is not None:
-            cfg.MODEL.WEIGHTS = weights
-        return cls(cfg, **kwargs)
 
     def model_input(self, image: np.ndarray) -> Dict:
         """The dataset mapper's inference dict of a uint8 slice ((H, W) or (H, W, C) in
@@ -179,10 +147,13 @@ class OneShotPredictor:
             yield from self._run(batch)
 
     def _run(self, images: List[np.ndarray]) -> List[SlicePrediction]:
-        inputs = [self.model_input(im) for im in images]
-        with torch.inference_mode():
-            outputs = self.model(inputs)
-        return [self._to_cpu(out) for out in outputs]
+        return [self._to_cpu(out) for out in self._run_model([self.model_input(im)
+                                                               for im in images])]
+
+    def _run_model(self, inputs: List[Dict]) -> List[Dict]:
+        """Outputs of the model on :meth:`model_input` dicts, as Detectron2's post-processed
+        inference gives them (one dict per input)."""
+        raise NotImplementedError
 
     @staticmethod
     def _to_cpu(out: Dict) -> SlicePrediction:
@@ -197,3 +168,65 @@ class OneShotPredictor:
             pred["image_cls_explanation"] = {
                 k: v.float().cpu().numpy() for k, v in out["image_cls_explanation"].items()}
         return pred
+
+
+class OneShotPredictor(SlicePredictor):
+    """Run a trained oneshot_d2 model (one-shot, Mask R-CNN baseline or plain classifier) on
+    slices.
+
+    Batched (``batch_size`` slices per forward pass), in eval mode under
+    ``torch.inference_mode``, on ``cfg.MODEL.DEVICE`` (``cpu`` or ``cuda``). Deterministic: a
+    slice's outputs do not depend on the batch it is in (the models run each batch in groups
+    of equal size; GroupNorm / eval-mode BatchNorm only).
+
+    Args:
+        cfg: a config with ``add_oneshot_config`` keys and ``MODEL.WEIGHTS`` set.
+        batch_size: slices per forward pass.
+        allow_random_weights: run with ``MODEL.WEIGHTS`` empty (tests only: the outputs are
+            meaningless).
+        lesion_score_thresh: lesion detections scoring below it are dropped inside the model,
+            before their masks are pasted at full size (default
+            ``PREDICT.LESION_SCORE_THRESH``, the reports' threshold). The kept detections are
+            exactly those ``--eval-only`` gives with that score or more; ``image_cls`` does not
+            depend on it (the classification branch scores its own proposals).
+
+    Raises:
+        ConfigError / CheckpointError: empty, missing or unreadable weights, or a checkpoint
+            that does not hold this config's model (one line naming the file).
+    """
+
+    def __init__(self, cfg: CfgNode, batch_size: int = 8, allow_random_weights: bool = False,
+                 lesion_score_thresh: Optional[float] = None):
+        check_weights(cfg, eval_only=True, allow_random=allow_random_weights)
+        model = build_model(cfg)
+        model.eval()
+        checkpointer = AtomicCheckpointer(model)
+        if cfg.MODEL.WEIGHTS:
+            checkpointer.load(cfg.MODEL.WEIGHTS)
+            check_complete_model(checkpointer, cfg, allow_random=allow_random_weights)
+        super().__init__(cfg, model_kind(model), batch_size)
+        if self.cfg.PREDICT.CHANNELS_LAST:
+            # 4-D weights in channels-last order: the convolutions then run in it (oneDNN /
+            # cuDNN pick the layout from the weights), whatever the input's layout
+            model.to(memory_format=torch.channels_last)
+        self.model = model
+        if lesion_score_thresh is None:
+            lesion_score_thresh = self.cfg.PREDICT.LESION_SCORE_THRESH
+        box_predictor = getattr(getattr(self.model, "roi_heads", None), "box_predictor", None)
+        if box_predictor is not None and hasattr(box_predictor, "test_score_thresh"):
+            box_predictor.test_score_thresh = max(box_predictor.test_score_thresh,
+                                                  float(lesion_score_thresh))
+
+    @classmethod
+    def from_config_file(cls, config_file: str, weights: Optional[str] = None,
+                         opts: Sequence[str] = (), **kwargs) -> "OneShotPredictor":
+        """The predictor of ``config_file`` (+ ``opts`` ``KEY VALUE`` pairs) with ``weights``
+        (default: the config's ``MODEL.WEIGHTS``)."""
+        cfg = load_config(config_file, opts)
+        if weights is not None:
+            cfg.MODEL.WEIGHTS = weights
+        return cls(cfg, **kwargs)
+
+    def _run_model(self, inputs: List[Dict]) -> List[Dict]:
+        with torch.inference_mode():
+            return self.model(inputs)

@@ -15,7 +15,7 @@ from ..version import __version__
 from .field_of_view import scale_check
 from .lesions3d import lesions_3d
 from .lung_mask import lung_mask
-from .predictor import OneShotPredictor, SlicePrediction
+from .predictor import SlicePrediction, SlicePredictor
 from .report import lesion_burden, lesion_label_map, patient_result, slice_row
 from .study import Study
 
@@ -95,7 +95,7 @@ class StudyPrediction:
     scale: Dict = field(default_factory=dict)
 
 
-def predict_study(predictor: OneShotPredictor, study: Study,
+def predict_study(predictor: SlicePredictor, study: Study,
                   progress: Optional[Callable[[int], None]] = None) -> StudyPrediction:
     """Run ``predictor`` over every slice of ``study``.
 
@@ -169,7 +169,7 @@ def _jsonable(value):
     return value
 
 
-def study_report(pred: StudyPrediction, predictor: OneShotPredictor,
+def study_report(pred: StudyPrediction, predictor: SlicePredictor,
                  config_file: str = "", fingerprint: Optional[Dict] = None) -> Dict:
     """The ``report.json`` dictionary of a study (docs/predict.md); ``fingerprint``: what the
     result depends on (:mod:`.fingerprint`), recorded for ``--skip-existing``."""
@@ -218,6 +218,7 @@ def study_report(pred: StudyPrediction, predictor: OneShotPredictor,
         "model": {"config_file": config_file, "weights": cfg.MODEL.WEIGHTS,
                   "meta_architecture": cfg.MODEL.META_ARCHITECTURE,
                   "image_head": cfg.MODEL.ONESHOT.IMAGE_HEAD.NAME,
+                  "backend": predictor.backend,
                   "device": cfg.MODEL.DEVICE, "batch_size": predictor.batch_size,
                   "input_size": [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST],
                   "image_classes": predictor.image_classes,

@@ -49,6 +49,19 @@ def log_train_accuracy(logits: torch.Tensor, labels: torch.Tensor,
     storage.put_scalar(name, acc.item())
 
 
+def _mean_over_image(fmap: torch.Tensor, image_size, stride: int) -> torch.Tensor:
+    """(C, h, w) feature map -> (C,) mean over the cells that hold any of the image
+    (ceil(size / stride), at least one; never padding alone). ``image_size`` (height, width)
+    holds ints, or 0-dim tensors while tracing: the extent is a mask, not a slice, so a traced
+    model pools the extent of every input size."""
+    extent = [(torch.as_tensor(v, device=fmap.device) + stride - 1).div(
+        stride, rounding_mode="floor").clamp(min=1) for v in image_size]
+    rows = torch.arange(fmap.shape[1], device=fmap.device) < extent[0]
+    cols = torch.arange(fmap.shape[2], device=fmap.device) < extent[1]
+    cells = (rows[:, None] & cols[None, :]).to(fmap.dtype)
+    return (fmap * cells).sum(dim=(1, 2)) / cells.sum()
+
+
 @META_ARCH_REGISTRY.register()
 class CTImageClassifier(nn.Module):
     """Backbone + global average pooling + linear layer.
@@ -131,12 +144,8 @@ class CTImageClassifier(nn.Module):
         pooled = []
         for name in self.in_features:
             fmap = features[name]  # (N, C_f, h, w)
-            stride = self.strides[name]
-            rows = []
-            for i, (img_h, img_w) in enumerate(images.image_sizes):
-                # cells that hold any of the image: ceil(size / stride), never padding alone
-                vh, vw = max(1, -(-img_h // stride)), max(1, -(-img_w // stride))
-                rows.append(fmap[i, :, :vh, :vw].mean(dim=(1, 2)))
+            rows = [_mean_over_image(fmap[i], size, self.strides[name])
+                    for i, size in enumerate(images.image_sizes)]
             pooled.append(torch.stack(rows))
         return torch.cat(pooled, dim=1)
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Dict, Iterator, List
+from typing import Dict, Iterator, List, Tuple
 
 import torch
 from detectron2.config import configurable
@@ -16,7 +16,8 @@ from ..roi_heads import OneShotROIHeads
 from .ct_rcnn import CTRCNN, add_temperature, calibrated_softmax
 from .image_classifier import log_train_accuracy
 
-__all__ = ["OneShotRCNN", "scale_grad", "image_cls_only", "INFERENCE_OUTPUTS"]
+__all__ = ["OneShotRCNN", "scale_grad", "image_cls_only", "rescale_roi_boxes",
+           "INFERENCE_OUTPUTS"]
 
 
 class _ScaleGrad(torch.autograd.Function):
@@ -39,6 +40,16 @@ def scale_grad(x: torch.Tensor, scale: float) -> torch.Tensor:
 
 
 INFERENCE_OUTPUTS = ("instances", "image_cls")
+
+
+def rescale_roi_boxes(boxes: torch.Tensor, input_size: Tuple[int, int], height: int,
+                      width: int) -> torch.Tensor:
+    """The RoI batch's boxes (beta, 4) XYXY at the model's ``input_size`` (H, W), in the
+    coordinates of the ``height`` x ``width`` output image (a new tensor)."""
+    out = boxes.clone()
+    out[:, 0::2] *= width / input_size[1]
+    out[:, 1::2] *= height / input_size[0]
+    return out
 
 
 @contextlib.contextmanager
@@ -222,11 +233,9 @@ class OneShotRCNN(CTRCNN):
             outputs = [{"instances": r} for r in results]
         for i, (out, x, size) in enumerate(zip(outputs, batched_inputs, images.image_sizes)):
             out["image_cls"] = probs[i]
-            img_boxes = boxes[i].clone()
-            if do_postprocess:
-                img_boxes[:, 0::2] *= x.get("width", size[1]) / size[1]
-                img_boxes[:, 1::2] *= x.get("height", size[0]) / size[0]
-            out["image_cls_boxes"] = img_boxes
+            out["image_cls_boxes"] = rescale_roi_boxes(
+                boxes[i], size, x.get("height", size[0]), x.get("width", size[1])) \
+                if do_postprocess else boxes[i].clone()
             out["image_cls_box_scores"] = box_scores[i]
             out["image_cls_explanation"] = {k: v[i] for k, v in cls_out.items()}
         return outputs

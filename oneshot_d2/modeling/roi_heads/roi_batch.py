@@ -79,9 +79,7 @@ def select_roi_batch(boxes: torch.Tensor, scores: torch.Tensor, image_size: Tupl
     if whole_image:
         rest = select_roi_batch(boxes, scores, image_size, beta - 1, nms_thresh,
                                 order_by_distance, padding, min_area)
-        h, w = image_size
-        return RoIBatch(torch.cat([rest.boxes.new_tensor([[0.0, 0.0, float(w), float(h)]]),
-                                   rest.boxes]),
+        return RoIBatch(torch.cat([_whole_image_box(image_size, rest.boxes), rest.boxes]),
                         torch.cat([rest.scores.new_zeros(1), rest.scores]),
                         torch.cat([rest.classes.new_zeros(1), rest.classes]), rest.num_kept)
     num_classes = scores.shape[1] if scores.dim() == 2 else 1
@@ -94,17 +92,43 @@ def select_roi_batch(boxes: torch.Tensor, scores: torch.Tensor, image_size: Tupl
     flat_classes = flat_classes[valid]
 
     keep = batched_nms(flat_boxes.float(), flat_scores.float(), flat_classes, nms_thresh)[:beta]
-    n = int(keep.numel())
-    if n == 0:
-        h, w = image_size
-        sel_boxes = flat_boxes.new_tensor([[0.0, 0.0, float(w), float(h)]]).expand(beta, 4)
-        sel_scores = flat_scores.new_zeros(beta)
-        sel_classes = flat_classes.new_zeros(beta)
+    # The whole-image box (score 0, class 0) is appended as the last candidate: it fills the
+    # batch when no box survives. Tensor arithmetic, no Python branch on the number kept, so
+    # a traced / exported model pads alike for every image (oneshot_d2.export).
+    kept_count = torch.ones_like(keep).sum()
+    whole_index = torch.ones_like(flat_classes).sum().view(1)  # == len(flat_boxes)
+    candidates = torch.cat([keep, whole_index])
+    if padding == "cyclic":
+        idx = candidates[torch.arange(beta, device=keep.device) % kept_count.clamp(min=1)]
     else:
-        idx = keep[_pad_index(n, beta, padding, keep.device)]
-        sel_boxes, sel_scores, sel_classes = flat_boxes[idx], flat_scores[idx], flat_classes[idx]
+        n = int(keep.numel())
+        idx = candidates[_pad_index(n, beta, padding, keep.device)] if n else \
+            candidates[-1:].expand(beta)
+    all_boxes = torch.cat([flat_boxes, _whole_image_box(image_size, flat_boxes)])
+    sel_boxes = all_boxes[idx]
+    sel_scores = torch.cat([flat_scores, flat_scores.new_zeros(1)])[idx]
+    sel_classes = torch.cat([flat_classes, flat_classes.new_zeros(1)])[idx]
     if order_by_distance:
-        dist = sel_boxes[:, :2].float().norm(dim=1)
-        order = torch.sort(dist, stable=True).indices
+        order = _stable_argsort(sel_boxes[:, :2].float().norm(dim=1))
         sel_boxes, sel_scores, sel_classes = sel_boxes[order], sel_scores[order], sel_classes[order]
-    return RoIBatch(sel_boxes.contiguous(), sel_scores.contiguous(), sel_classes.contiguous(), n)
+    return RoIBatch(sel_boxes.contiguous(), sel_scores.contiguous(), sel_classes.contiguous(),
+                    keep.numel())
+
+
+def _stable_argsort(values: torch.Tensor) -> torch.Tensor:
+    """Indices that sort the 1-D ``values`` ascending, ties in index order (what
+    ``torch.sort(stable=True)`` gives), from pairwise comparisons: ONNX has no stable sort,
+    and the RoI batch is short (beta elements)."""
+    index = torch.arange(values.shape[0], device=values.device)
+    before = (values[None, :] < values[:, None]) | (
+        (values[None, :] == values[:, None]) & (index[None, :] < index[:, None]))
+    rank = before.sum(dim=1)  # a permutation of 0..beta-1
+    return torch.zeros_like(rank).scatter(0, rank, index)
+
+
+def _whole_image_box(image_size: Tuple[int, int], like: torch.Tensor) -> torch.Tensor:
+    """(1, 4) XYXY box of the whole image, dtype and device of ``like``. ``image_size``
+    (height, width) may hold ints or, while tracing, 0-dim tensors (kept symbolic)."""
+    h, w = (torch.as_tensor(v, dtype=like.dtype, device=like.device) for v in image_size)
+    zero = torch.zeros((), dtype=like.dtype, device=like.device)
+    return torch.stack([zero, zero, w, h]).view(1, 4)

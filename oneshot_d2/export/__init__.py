@@ -1,0 +1,26 @@
+"""Export of the models' inference path to TorchScript and ONNX, and the exported files'
+runtimes (``tools/export_model.py``; ``tools/predict.py --backend``)."""
+from .exporters import (
+    FILE_NAMES,
+    FORMATS,
+    ONNX_OPSET,
+    ExportedModel,
+    export_description,
+    export_onnx,
+    export_torchscript,
+    load_exported,
+)
+from .flat_model import (
+    TOLERANCES,
+    FlatInferenceModel,
+    model_kind,
+    output_differences,
+    output_names,
+    outside_tolerance,
+    unflatten,
+)
+
+__all__ = ["FILE_NAMES", "FORMATS", "ONNX_OPSET", "ExportedModel", "export_description",
+           "export_onnx", "export_torchscript", "load_exported", "FlatInferenceModel",
+           "model_kind", "output_differences", "output_names", "outside_tolerance",
+           "unflatten", "TOLERANCES"]

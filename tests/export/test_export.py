@@ -1,0 +1,191 @@
+"""TorchScript and ONNX export of every architecture: the exported files give PyTorch's outputs
+on two input sizes (tools/export_model.py), and tools/predict.py's exported backends give the
+torch backend's slice predictions."""
+import json
+import os
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from oneshot_d2.cli.export_model import export_files, sample_slices
+from oneshot_d2.errors import CheckpointError, ConfigError, UsageError
+from oneshot_d2.export import FILE_NAMES, FORMATS, TOLERANCES, FlatInferenceModel, load_exported
+from oneshot_d2.inference import OneShotPredictor
+from oneshot_d2.inference.exported_predictor import ExportedPredictor
+from oneshot_d2.modeling.roi_heads.roi_batch import select_roi_batch
+from tests.common import (
+    AFFINITY_QUICK,
+    LSTM_QUICK,
+    MASK_RCNN_QUICK,
+    SMALL_HEADS,
+    TINY,
+    config_path,
+    make_cfg,
+    seeded_model,
+)
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+CLASSIFIER = config_path("real/image_classifier_R_18_FPN_1200iter_ucsd_2cls.yaml")
+# Detections down to a low score, so that random-weight detectors have lesions to compare.
+LOW_THRESH = ("MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.3", "PREDICT.LESION_SCORE_THRESH", "0.3")
+ARCHITECTURES = {
+    "affinity": (AFFINITY_QUICK, *SMALL_HEADS, *LOW_THRESH),
+    "lstm": (LSTM_QUICK, *SMALL_HEADS, *LOW_THRESH),
+    "mask_rcnn": (MASK_RCNN_QUICK, *LOW_THRESH),
+    "classifier": (CLASSIFIER,),
+}
+BACKENDS = {"torchscript": "torchscript", "onnx": "onnxruntime"}
+
+
+def _predictor(arch, tmp_path, seed=3):
+    config, *opts = ARCHITECTURES[arch]
+    cfg = make_cfg(config, *TINY, *opts)
+    model = seeded_model(cfg, seed)
+    if hasattr(model, "image_head") and hasattr(model, "roi_heads"):
+        model.roi_heads.copy_seg_to_cls()
+    weights = str(tmp_path / "model.pth")
+    torch.save({"model": model.state_dict()}, weights)
+    cfg.MODEL.WEIGHTS = weights
+    return OneShotPredictor(cfg, batch_size=4)
+
+
+@pytest.fixture(scope="module", params=sorted(ARCHITECTURES))
+def exported(request, tmp_path_factory):
+    """(arch, predictor, export folder, export.json) of a seeded model of each architecture,
+    exported in both formats."""
+    tmp = tmp_path_factory.mktemp(request.param)
+    predictor = _predictor(request.param, tmp)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = export_files(predictor, FORMATS, str(tmp / "exported"),
+                              slices=sample_slices(predictor.cfg, size=256))
+    return request.param, predictor, str(tmp / "exported"), report
+
+
+def test_exported_files_equal_pytorch_on_two_input_sizes(exported):
+    """Each file's outputs equal PyTorch's within TOLERANCES at two input sizes (export_files
+    raises otherwise), and the comparison is not vacuous: two sizes, every output compared,
+    detections present for the lesion models. Catches an exported graph with the first
+    image's size or number of RoIs frozen in (tracing), or a wrong ONNX op."""
+    arch, predictor, folder, report = exported
+    assert report["input_sizes"] == [[128, 128], [128, 103]]
+    on_disk = json.load(open(os.path.join(folder, "export.json")))
+    assert on_disk == json.loads(json.dumps(report))
+    for fmt in FORMATS:
+        entry = report["files"][FILE_NAMES[fmt]]
+        assert entry["format"] == fmt
+        names = entry["outputs"]
+        expect = {"affinity": 9, "lstm": 9, "mask_rcnn": 4, "classifier": 1}[arch]
+        assert len(names) == expect and set(entry["max_difference"]) == set(names)
+        for name, diff in entry["max_difference"].items():
+            assert diff <= TOLERANCES.get(name, 1e-3), (fmt, name, diff)
+    onnx.checker.check_model(os.path.join(folder, "model.onnx"), full_check=True)
+    if arch != "classifier":
+        flat = FlatInferenceModel(predictor.model)
+        counts = [len(flat(predictor.model_input(s)["image"])[1])
+                  for s in sample_slices(predictor.cfg, size=256)]
+        assert max(counts) > 0, "no detection: the lesion outputs were not compared"
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_exported_backend_gives_the_torch_backends_slice_predictions(exported, fmt):
+    """tools/predict.py's --backend torchscript / onnxruntime: the same SlicePrediction as
+    --backend torch (class probabilities, the RoI batch, lesions with masks pasted at the
+    slice's size) on slices of two sizes. Catches unscaled boxes, unpasted masks, a lost
+    score threshold."""
+    arch, predictor, folder, _ = exported
+    path = os.path.join(folder, FILE_NAMES[fmt])
+    other = ExportedPredictor(predictor.cfg, path, BACKENDS[fmt], batch_size=4)
+    assert other.image_classes == predictor.image_classes
+    assert other.lesion_classes == predictor.lesion_classes
+    slices = sample_slices(predictor.cfg, size=200)
+    for ref, got in zip(predictor(slices), other(slices)):
+        assert set(ref) == set(got)
+        if "image_cls" in ref:
+            np.testing.assert_allclose(got["image_cls"], ref["image_cls"], atol=1e-4)
+        if "image_cls_boxes" in ref:
+            np.testing.assert_allclose(got["image_cls_boxes"], ref["image_cls_boxes"], atol=0.05)
+            for k in ref["image_cls_explanation"]:
+                np.testing.assert_allclose(got["image_cls_explanation"][k],
+                                           ref["image_cls_explanation"][k], rtol=1e-3,
+                                           atol=1e-3)
+        if "instances" in ref:
+            a, b = ref["instances"], got["instances"]
+            assert a.image_size == b.image_size
+            assert len(a) == len(b)
+            np.testing.assert_allclose(b.pred_boxes.tensor, a.pred_boxes.tensor, atol=0.05)
+            np.testing.assert_allclose(b.scores, a.scores, atol=1e-4)
+            assert torch.equal(a.pred_classes, b.pred_classes)
+            assert a.pred_masks.shape == b.pred_masks.shape
+            assert (a.pred_masks != b.pred_masks).float().mean() <= 1e-3
+    if arch != "classifier":
+        assert sum(len(p["instances"]) for p in predictor(slices)) > 0
+
+
+def test_select_roi_batch_traced_pads_like_eager():
+    """The RoI batch selection traced on an image with more boxes than beta pads an image
+    with 3 boxes, and one with none, exactly like eager mode: catches a kept count or a
+    "no box" branch frozen into the trace as a Python value."""
+    def boxes_and_scores(n, seed):
+        g = torch.Generator().manual_seed(seed)
+        xy = torch.rand(n, 2, 2, generator=g) * 60
+        boxes = torch.cat([xy.amin(1), xy.amin(1) + 8 + 30 * torch.rand(n, 2, generator=g)], 1)
+        # far apart so that NMS keeps them all
+        boxes = boxes + torch.arange(n)[:, None].float() * 100
+        return boxes[:, None, :].expand(n, 2, 4).contiguous(), torch.rand(n, 2, generator=g)
+
+    def select(boxes, scores):
+        out = select_roi_batch(boxes, scores, (2000, 2000), beta=8, order_by_distance=True)
+        return out.boxes, out.scores, out.classes
+
+    traced = torch.jit.trace(select, boxes_and_scores(12, 0), check_trace=False)
+    for n, seed in [(3, 1), (1, 2), (20, 3)]:
+        args = boxes_and_scores(n, seed)
+        for a, b in zip(select(*args), traced(*args)):
+            assert torch.equal(a, b), n
+    empty = (torch.zeros(0, 2, 4), torch.zeros(0, 2))
+    eager, got = select(*empty), traced(*empty)
+    assert torch.equal(eager[0], torch.tensor([[0.0, 0.0, 2000.0, 2000.0]]).expand(8, 4))
+    for a, b in zip(eager, got):
+        assert torch.equal(a, b)
+
+
+def test_exported_files_are_checked_against_the_config(exported):
+    """A file used with another model's config or a lesion threshold below the exported one,
+    an existing output without --overwrite: one-line errors, nothing replaced."""
+    arch, predictor, folder, _ = exported
+    onnx_path = os.path.join(folder, "model.onnx")
+    other = predictor.cfg.clone()
+    other.defrost()
+    other.INPUT.FORMAT = "L" if other.INPUT.FORMAT != "L" else "BGR"
+    with pytest.raises(ConfigError, match="does not hold this config's model: input_format"):
+        ExportedPredictor(other, onnx_path, "onnxruntime")
+    if arch != "classifier":
+        with pytest.raises(ConfigError, match="exported with lesion score threshold 0.3"):
+            ExportedPredictor(predictor.cfg, onnx_path, "onnxruntime", lesion_score_thresh=0.1)
+    before = os.path.getmtime(onnx_path)
+    with pytest.raises(UsageError, match="exists: pass --overwrite"):
+        export_files(predictor, ["onnx"], folder)
+    assert os.path.getmtime(onnx_path) == before
+
+
+def test_unreadable_exported_files_are_one_line_errors(tmp_path):
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a model")
+    with pytest.raises(CheckpointError, match="not a readable onnx model"):
+        load_exported(str(junk))
+    with pytest.raises(CheckpointError, match="not a readable torchscript model"):
+        load_exported(str(junk), "torchscript")
+    with pytest.raises(CheckpointError, match="no such exported model file"):
+        load_exported(str(tmp_path / "missing.ts"))
+
+
+def test_random_padding_is_refused_at_export(tmp_path):
+    predictor = _predictor("affinity", tmp_path)
+    predictor.model.roi_heads.roi_padding = "original"
+    with pytest.raises(ConfigError, match="ROI_PADDING 'original'.*cannot be exported"):
+        FlatInferenceModel(predictor.model)
