@@ -43,6 +43,8 @@ setup(
         "PyYAML",  # config files: YAML errors reported with file and line
         "timm>=0.9",  # EfficientNet-Lite backbones (timm's tf_efficientnet_lite*)
         "filelock",  # the inter-process lock where fcntl does not exist (Windows)
+        "onnx>=1.14",  # tools/export_model.py: ONNX files, onnx.checker
+        "onnxruntime>=1.16",  # predict --backend onnxruntime; the export's check
     ],
     # the commands; tools/*.py run the same functions from a checkout
     entry_points={"console_scripts": [
