@@ -79,6 +79,24 @@ def patch_builtin_len() -> Iterator[None]:
         yield
 
 
+def _with_one_more_box(forward_with_given_boxes):
+    """``ROIHeads.forward_with_given_boxes`` run on the detections plus one box, whose outputs
+    are then dropped: the mask head never sees zero boxes. Exported GroupNorm reshapes its
+    input to (N, groups, -1), which ONNX Runtime cannot do for N = 0 (a slice without
+    lesions); the extra box changes no other box's outputs (GroupNorm is per box)."""
+    def run(features, instances):
+        out = []
+        for inst in instances:
+            extra = Instances(inst.image_size)
+            extra.pred_boxes = Boxes(inst.pred_boxes.tensor.new_tensor([[0.0, 0.0, 1.0, 1.0]]))
+            extra.scores = inst.scores.new_zeros(1)
+            extra.pred_classes = inst.pred_classes.new_zeros(1)
+            both = forward_with_given_boxes(features, [Instances.cat([inst, extra])])[0]
+            out.append(both[: both.pred_classes.shape[0] - 1])
+        return out
+    return run
+
+
 class FlatInferenceModel(nn.Module):
     """``model``'s inference on one image, tensors out (see module docstring).
 
@@ -121,7 +139,10 @@ class FlatInferenceModel(nn.Module):
     def forward(self, image: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         if self.kind == "classifier":
             return (self.model.inference([{"image": image}])[0]["image_cls"],)
-        out = self.model.inference([{"image": image}], do_postprocess=False)[0]
+        roi_heads = self.model.roi_heads
+        with mock.patch.object(roi_heads, "forward_with_given_boxes",
+                               _with_one_more_box(roi_heads.forward_with_given_boxes)):
+            out = self.model.inference([{"image": image}], do_postprocess=False)[0]
         # GeneralizedRCNN gives the Instances themselves, OneShotRCNN a dict
         inst = out["instances"] if isinstance(out, dict) else out
         flat = [inst.pred_boxes.tensor, inst.scores, inst.pred_classes, inst.pred_masks]

@@ -42,9 +42,9 @@ ARCHITECTURES = {
 BACKENDS = {"torchscript": "torchscript", "onnx": "onnxruntime"}
 
 
-def _predictor(arch, tmp_path, seed=3):
+def _predictor(arch, tmp_path, seed=3, extra=()):
     config, *opts = ARCHITECTURES[arch]
-    cfg = make_cfg(config, *TINY, *opts)
+    cfg = make_cfg(config, *TINY, *opts, *extra)
     model = seeded_model(cfg, seed)
     if hasattr(model, "image_head") and hasattr(model, "roi_heads"):
         model.roi_heads.copy_seg_to_cls()
@@ -267,3 +267,22 @@ def test_stable_argsort_equals_torch_stable_sort():
     for n in (1, 2, 8, 16):
         values = torch.randint(0, 4, (n,), generator=g).float()  # many ties
         assert torch.equal(_stable_argsort(values), torch.sort(values, stable=True).indices)
+
+
+@pytest.mark.parametrize("arch", ["affinity", "mask_rcnn"])
+def test_slices_without_lesions_run_in_the_exported_files(arch, tmp_path):
+    """A slice without any detection (most slices of a scan) and one with a single detection:
+    the exported files run and agree with PyTorch. Catches the ONNX GroupNorm reshape of an
+    empty batch (ONNX Runtime refuses (0, groups, -1))."""
+    predictor = _predictor(arch, tmp_path, extra=("MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.55",
+                                                  "PREDICT.LESION_SCORE_THRESH", "0.55"))
+    slices = sample_slices(predictor.cfg, size=200)
+    flat = FlatInferenceModel(predictor.model)
+    assert [len(flat(predictor.model_input(s)["image"])[1]) for s in slices] == [0, 1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        export_files(predictor, FORMATS, str(tmp_path / "exported"), slices=slices)
+    for fmt in FORMATS:
+        other = ExportedPredictor(predictor.cfg, str(tmp_path / "exported" / FILE_NAMES[fmt]),
+                                  BACKENDS[fmt])
+        assert [len(p["instances"]) for p in other(slices)] == [0, 1]
