@@ -49,6 +49,7 @@ from oneshot_d2.benchmark.paper import FAITHFUL, load_reference, print_paper_tab
 from oneshot_d2.benchmark.study import (
     DEMO_CONFIG,
     DEMO_WEIGHTS,
+    LEVERS,
     default_weights,
     print_study_table,
 )
@@ -65,7 +66,8 @@ def _study(args: argparse.Namespace, device_name: str, precision: Precision) -> 
     if weights is None:
         weights = default_weights(REPO)
     print_study_table(REPO, args.study_config, weights, args.study_slices, args.study_size,
-                      args.study_input_sizes, args.study_batch, args.device, device_name)
+                      args.study_input_sizes, args.study_batch, args.device, device_name,
+                      args.study_levers)
 
 
 def _paper(args: argparse.Namespace, device_name: str, precision: Precision) -> None:
@@ -108,9 +110,13 @@ def main(argv=None) -> int:
                    help=f"default: {DEMO_WEIGHTS} when it exists, else random weights")
     p.add_argument("--study-slices", type=int, default=300)
     p.add_argument("--study-size", type=int, default=512)
-    p.add_argument("--study-input-sizes", type=int, nargs="+", default=[0, 512],
-                   help="model input sizes; 0 = the config's (its training resolution)")
+    p.add_argument("--study-input-sizes", type=int, nargs="+", default=[],
+                   help="other model input sizes, with the default predictor (0 = the config's, "
+                        "its training resolution; default: none)")
     p.add_argument("--study-batch", type=int, default=8)
+    p.add_argument("--study-levers", nargs="+", choices=list(LEVERS), default=list(LEVERS),
+                   help="predictors of the study rows, each at the config's input size: "
+                        + "; ".join(f"{k}: {v[0]}" for k, v in LEVERS.items()))
     p.add_argument("--throughput-config", default=FAITHFUL)
     p.add_argument("--throughput-batches", type=int, nargs="+", default=[1, 8, 16])
     p.add_argument("--throughput-slices", type=int, default=32)
@@ -122,7 +128,7 @@ def main(argv=None) -> int:
                         ("--throughput-batches", min(args.throughput_batches))):
         if value < 1:
             raise UsageError(f"{flag} {value}: must be >= 1")
-    if args.warmup < 0 or min(args.study_input_sizes) < 0:
+    if args.warmup < 0 or min(args.study_input_sizes, default=0) < 0:
         raise UsageError("--warmup and --study-input-sizes must be >= 0")
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
     logging.getLogger("detectron2").setLevel(logging.WARNING)  # no model dumps

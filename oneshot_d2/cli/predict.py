@@ -22,14 +22,19 @@ config, checkpoint or options are wrong (nothing is written). ``--debug`` shows 
 """
 import argparse
 import logging
+import multiprocessing
 import os
 import re
 import sys
 import time
-from typing import List, Optional, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import Dict, Iterator, List, Optional, Sequence
 
+import torch
 from tqdm import tqdm
 
+from ..compat import filter_known_warnings
 from ..config import load_config, resolve_device
 from ..errors import OneShotError, UsageError
 from ..inference import (
@@ -104,6 +109,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    help="keep a study folder whose result is for the same input content, "
                         "weights, config and output options (report.json's fingerprint) "
                         "instead of recomputing it: a stopped cohort run resumes")
+    p.add_argument("--num-workers", type=int, default=1, metavar="N",
+                   help="predict the studies in N processes at once, each with its own model "
+                        "and 1/N of the threads (default 1); the outputs are those of one "
+                        "process, the run's tables written at the end")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
                    help="config options, e.g. MODEL.WEIGHTS output/model_final.pth")
@@ -120,13 +129,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.getLogger("highdicom").setLevel(logging.WARNING)  # a line per copied DICOM module
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
-    output_types = sorted(set(args.output_type))
-    dicom_outputs = [t for t in output_types if t.startswith("dicom-")]
-    html = "html" in output_types
+    if args.num_workers < 1:
+        raise UsageError(f"--num-workers must be >= 1, got {args.num_workers}")
+    dicom_outputs = sorted(t for t in set(args.output_type) if t.startswith("dicom-"))
     if dicom_outputs and not args.keep_identifiers:
         raise UsageError(f"--output-type {dicom_outputs[0]} writes the patient's identifiers "
                          "(a DICOM object joins the source study in PACS): add "
                          "--keep-identifiers")
+    # the config, device and weights are checked before the studies are searched
     cfg = load_config(args.config_file, args.opts)
     resolve_device(cfg, args.device or "")  # --device cuda without a GPU: refused
     refs, errors = find_studies(args.input, keep_identifiers=args.keep_identifiers)
@@ -136,84 +146,164 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not refs:
         print("predict: error: no study to predict in " + " ".join(args.input), file=sys.stderr)
         return EXIT_ERROR
-    if args.backend == "torch":
-        predictor = OneShotPredictor(cfg, batch_size=args.batch_size)
+    runner = _StudyRunner(args)  # here too with workers: the weights are checked before
+    out = runner.out
+    if args.num_workers > 1 and len(refs) > 1:
+        del runner
+        outcomes = _run_in_workers(args, refs)
     else:
-        if not cfg.MODEL.WEIGHTS:
-            raise UsageError(f"--backend {args.backend} runs an exported file: give it as "
-                             "MODEL.WEIGHTS (model.onnx / model.ts of tools/export_model.py)")
-        predictor = ExportedPredictor(cfg, cfg.MODEL.WEIGHTS, args.backend,
-                                      batch_size=args.batch_size)
-    out = make_folder(args.output, "--output")
-
-    def row_error(e: BaseException) -> str:  # studies.csv's error: no path unless kept
-        text = error_message(e)
-        return text if args.keep_identifiers else without_paths(text, args.input)
-
-    config_yaml = predictor.cfg.dump()
-    options = {"save_overlays": args.save_overlays, "save_nifti": args.save_nifti,
-               "keep_identifiers": args.keep_identifiers, "output_types": output_types}
-    if args.backend != "torch":  # (torch: the fingerprints of earlier versions stay valid)
-        options["backend"] = args.backend
-    run = run_fingerprint(predictor.cfg, options)
-    model_name = f"oneshot_d2 {cfg.MODEL.META_ARCHITECTURE} {cfg.MODEL.ONESHOT.IMAGE_HEAD.NAME}"
+        outcomes = _run_here(runner, refs)
     slice_rows, study_rows = [], []
     reused = 0
-    studies_bar = tqdm(refs, desc="studies", unit="study", disable=args.no_progress,
-                       position=0)
-    for ref in studies_bar:
-        try:
-            fingerprint = study_fingerprint(run, ref.files, ref.name, ref.source)
-            previous = read_study_report(os.path.join(out, ref.name)) \
-                if args.skip_existing else None
-            if previous is not None and previous.get("fingerprint") == fingerprint:
-                slice_rows += previous["slices"]
-                study_rows.append(study_summary_row(ref.name, ref.source, previous))
-                write_studies_table(out, study_rows, html)
-                reused += 1
-                logger.info("%s: done before, kept (--skip-existing)", ref.name)
-                continue
-            study = ref.load()
-            # a study they cannot reference (not DICOM, attributes missing) fails before the model
-            for output in dicom_outputs:
-                source_headers(study, f"--output-type {output}", geometry=output == "dicom-seg")
-            start = time.perf_counter()
-            with tqdm(total=study.num_slices, desc=study.name, unit="slice",
-                      disable=args.no_progress, leave=False, position=1) as bar:
-                pred = predict_study(predictor, study, progress=bar.update)
-            report = study_report(pred, predictor, args.config_file, fingerprint)
-            folder = write_study(out, pred, report, config_yaml, predictor.image_classes,
-                                 predictor.lesion_classes, args.save_overlays, args.save_nifti,
-                                 output_types, model_name)
-        except STUDY_ERRORS as e:
-            if args.debug:
-                raise
-            print(f"predict: error: {error_message(e)}", file=sys.stderr)
-            study_rows.append(study_summary_row(ref.name, ref.source, error=row_error(e)))
-            write_studies_table(out, study_rows, html)
+    for outcome in outcomes:  # in input order, as they complete
+        if outcome.error is not None:
+            print(f"predict: error: {outcome.error}", file=sys.stderr)
             failed += 1
-            continue
-        slice_rows += report["slices"]
-        study_rows.append(study_summary_row(study.name, study.source, report))
-        write_studies_table(out, study_rows, html)
-        patient = report["patient"]
-        logger.info("%s: %d slices in %.1f s -> %s%s", study.name, study.num_slices,
-                    time.perf_counter() - start,
-                    f"patient {patient['class']}" if patient else "done",
-                    f", written to {folder}")
-        kill_point(f"predict-done:{study.name}")
-    studies_bar.close()
+        reused += outcome.reused
+        slice_rows += outcome.slice_rows
+        study_rows.append(outcome.study_row)
+        write_studies_table(out, study_rows, outcome.html)
+        if outcome.error is None and not outcome.reused:
+            kill_point(f"predict-done:{outcome.study_row['study']}")
     if reused:
         logger.info("%d of %d studies kept from an earlier run (--skip-existing)", reused,
                     len(refs))
-    study_rows += [study_summary_row("", "", error=row_error(e)) for e in errors]
-    write_run_tables(out, slice_rows, study_rows, html)
+    study_rows += [study_summary_row("", "", error=_row_error(args, e)) for e in errors]
+    write_run_tables(out, slice_rows, study_rows, "html" in args.output_type)
     if failed:
         logger.info("%d of %d studies failed (studies.csv lists them)", failed,
                     len(refs) + len(errors))
         return EXIT_ERROR
     return 0
 
+
+def _row_error(args: argparse.Namespace, e: BaseException) -> str:
+    """studies.csv's error: no path unless --keep-identifiers."""
+    text = error_message(e)
+    return text if args.keep_identifiers else without_paths(text, args.input)
+
+
+@dataclass
+class StudyOutcome:
+    """What one study gave: its rows of the run tables, whether it was kept from an earlier
+    run, its one-line error (``None`` when it succeeded)."""
+    slice_rows: List[Dict]
+    study_row: Dict
+    reused: bool = False
+    error: Optional[str] = None
+    html: bool = False
+
+
+class _StudyRunner:
+    """The predictor and the run's settings; :meth:`run` predicts and writes one study. Built
+    once per process (the main one, or each of ``--num-workers``)."""
+
+    def __init__(self, args: argparse.Namespace, threads: int = 0, progress: bool = True):
+        if threads:
+            torch.set_num_threads(threads)
+        self.args = args
+        cfg = load_config(args.config_file, args.opts)
+        resolve_device(cfg, args.device or "")
+        if args.backend == "torch":
+            self.predictor = OneShotPredictor(cfg, batch_size=args.batch_size)
+        else:
+            if not cfg.MODEL.WEIGHTS:
+                raise UsageError(f"--backend {args.backend} runs an exported file: give it as "
+                                 "MODEL.WEIGHTS (model.onnx / model.ts of "
+                                 "tools/export_model.py)")
+            self.predictor = ExportedPredictor(cfg, cfg.MODEL.WEIGHTS, args.backend,
+                                               batch_size=args.batch_size)
+        self.out = make_folder(args.output, "--output")
+        self.output_types = sorted(set(args.output_type))
+        self.dicom_outputs = [t for t in self.output_types if t.startswith("dicom-")]
+        self.html = "html" in self.output_types
+        self.config_yaml = self.predictor.cfg.dump()
+        options = {"save_overlays": args.save_overlays, "save_nifti": args.save_nifti,
+                   "keep_identifiers": args.keep_identifiers, "output_types": self.output_types}
+        if args.backend != "torch":  # (torch: the fingerprints of earlier versions stay valid)
+            options["backend"] = args.backend
+        self.run_fingerprint = run_fingerprint(self.predictor.cfg, options)
+        self.model_name = (f"oneshot_d2 {cfg.MODEL.META_ARCHITECTURE} "
+                           f"{cfg.MODEL.ONESHOT.IMAGE_HEAD.NAME}")
+        self.progress = progress and not args.no_progress
+
+    def run(self, ref) -> StudyOutcome:
+        """Predict and write one study (or keep it, ``--skip-existing``); a study's error is
+        its outcome, not an exception."""
+        args = self.args
+        try:
+            fingerprint = study_fingerprint(self.run_fingerprint, ref.files, ref.name,
+                                            ref.source)
+            previous = read_study_report(os.path.join(self.out, ref.name)) \
+                if args.skip_existing else None
+            if previous is not None and previous.get("fingerprint") == fingerprint:
+                logger.info("%s: done before, kept (--skip-existing)", ref.name)
+                return StudyOutcome(previous["slices"],
+                                    study_summary_row(ref.name, ref.source, previous),
+                                    reused=True, html=self.html)
+            study = ref.load()
+            # a study they cannot reference (not DICOM, attributes missing) fails before the
+            # model
+            for output in self.dicom_outputs:
+                source_headers(study, f"--output-type {output}",
+                               geometry=output == "dicom-seg")
+            start = time.perf_counter()
+            with tqdm(total=study.num_slices, desc=study.name, unit="slice",
+                      disable=not self.progress, leave=False, position=1) as bar:
+                pred = predict_study(self.predictor, study, progress=bar.update)
+            report = study_report(pred, self.predictor, args.config_file, fingerprint)
+            folder = write_study(self.out, pred, report, self.config_yaml,
+                                 self.predictor.image_classes, self.predictor.lesion_classes,
+                                 args.save_overlays, args.save_nifti, self.output_types,
+                                 self.model_name)
+        except STUDY_ERRORS as e:
+            if args.debug:
+                raise
+            return StudyOutcome([], study_summary_row(ref.name, ref.source,
+                                                      error=_row_error(args, e)),
+                                error=error_message(e), html=self.html)
+        patient = report["patient"]
+        logger.info("%s: %d slices in %.1f s -> %s%s", study.name, study.num_slices,
+                    time.perf_counter() - start,
+                    f"patient {patient['class']}" if patient else "done",
+                    f", written to {folder}")
+        return StudyOutcome(report["slices"],
+                            study_summary_row(study.name, study.source, report),
+                            html=self.html)
+
+
+def _run_here(runner: _StudyRunner, refs: Sequence) -> Iterator[StudyOutcome]:
+    """The studies one after the other in this process."""
+    for ref in tqdm(refs, desc="studies", unit="study", disable=not runner.progress,
+                    position=0):
+        yield runner.run(ref)
+
+
+_WORKER: Dict[str, _StudyRunner] = {}
+
+
+def _worker_init(args: argparse.Namespace, threads: int) -> None:
+    logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
+    filter_known_warnings()
+    _WORKER["runner"] = _StudyRunner(args, threads, progress=False)
+
+
+def _worker_run(ref) -> StudyOutcome:
+    return _WORKER["runner"].run(ref)
+
+
+def _run_in_workers(args: argparse.Namespace, refs: Sequence) -> Iterator[StudyOutcome]:
+    """The studies shared over ``--num-workers`` processes (each with its own predictor and
+    an equal share of the torch threads); the outcomes in input order, each as soon as it
+    and all before it are done."""
+    workers = min(args.num_workers, len(refs))
+    threads = max(1, torch.get_num_threads() // workers)
+    context = multiprocessing.get_context("spawn")  # no fork of a process holding torch
+    with ProcessPoolExecutor(workers, context, _worker_init, (args, threads)) as pool:
+        # in input order; a worker takes the next study as soon as it is free
+        outcomes = pool.map(_worker_run, refs)
+        yield from tqdm(outcomes, total=len(refs), desc="studies", unit="study",
+                        disable=args.no_progress)
 
 
 def entry_point(argv: Optional[List[str]] = None) -> int:

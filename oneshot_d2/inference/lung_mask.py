@@ -73,13 +73,16 @@ def lung_mask(hu: np.ndarray, hu_thresh: float = -320.0,
     if count > 1 and sizes[order[1]] >= second_fraction * sizes[order[0]]:
         kept.append(order[1] + 1)
     # holes filled per component: two lungs touching corner to corner would otherwise enclose
-    # the mediastinum (the background is 4-connected to the hole filling)
-    # hole filling as binary_fill_holes in each slice: the background regions (4-connected)
-    # that do not touch the slice's border
+    # the mediastinum (the background is 4-connected to the hole filling). Filling is
+    # binary_fill_holes in each slice: the background regions (4-connected) that do not touch
+    # the slice's border, found within the component's bounding box (a background region
+    # touching the box's side reaches the slice's border around the box: the same result).
+    boxes = ndimage.find_objects(labels)
     out = np.zeros(inside.shape, bool)
     for k in kept:
-        component = labels == k
-        out |= component | _drop_border_regions(~component, _IN_PLANE_4)
+        box = boxes[k - 1]
+        component = labels[box] == k
+        out[box] |= component | _drop_border_regions(~component, _IN_PLANE_4)
     return out
 
 
@@ -102,6 +105,9 @@ def lung_sides(lung: np.ndarray, second_fraction: float = 0.1):
     if sizes[second - 1] < second_fraction * sizes[first - 1]:
         return None
     a, b = labels == first, labels == second
-    col_a, col_b = (float(np.nonzero(m)[2].mean()) for m in (a, b))
+    # mean column of each component's voxels (exact integer sums: no list of voxels)
+    columns = np.arange(lung.shape[2], dtype=np.int64)
+    col_a, col_b = (float(np.dot(m.sum(axis=(0, 1), dtype=np.int64), columns)) / float(m.sum())
+                    for m in (a, b))
     right, left = (a, b) if col_a < col_b else (b, a)
     return right, left, (col_a + col_b) / 2.0

@@ -36,3 +36,22 @@ def train_and_fingerprint(args, phantom_root: str, out_file: str) -> None:
         f.write(f"{comm.get_world_size()} {digests[0]} {os.getpid()} {digests[1]} "
                 f"{image_loss_seen}")
     torch.distributed.barrier()
+
+
+def machine_main() -> None:
+    """One "machine" of a multi-machine run, as its own OS process:
+    ``python -c "from tests.engine.launch_worker import machine_main; machine_main()" JSON``
+    with JSON ``{"argv", "phantom_root", "out_file", "machine_rank", "num_machines",
+    "dist_url"}``: Detectron2's ``launch`` with one process on this machine."""
+    import json
+    import sys
+
+    from detectron2.engine import launch
+
+    from tests.common import train_args
+
+    spec = json.loads(sys.argv[1])
+    args = train_args(*spec["argv"])
+    launch(train_and_fingerprint, 1, num_machines=spec["num_machines"],
+           machine_rank=spec["machine_rank"], dist_url=spec["dist_url"],
+           args=(args, spec["phantom_root"], spec["out_file"]))

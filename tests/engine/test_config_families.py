@@ -2,6 +2,12 @@
 small phantom; multi-process training with a delayed image loss; what is saved is what was
 evaluated."""
 
+import json
+import os
+import socket
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -14,6 +20,7 @@ from oneshot_d2.engine.hooks import SEG_LOSS_KEYS
 from tests.common import (
     AFFINITY_QUICK,
     LSTM_QUICK,
+    REPO,
     SMALL_HEADS,
     TINY,
     config_path,
@@ -133,10 +140,10 @@ def test_two_process_launch_across_the_image_loss_start(phantom_root, tmp_path):
     parameters and buffers (BN runs as naiveSyncBN) on both replicas afterwards."""
     from tests.engine.launch_worker import train_and_fingerprint
 
-    args = train_args(AFFINITY_QUICK, tmp_path, *TINY, *SMALL_HEADS, *dataset_opts("launch"),
-                      "SEED", "3",
-                      "DATASETS.TEST", "()", "SOLVER.MAX_ITER", "4", "TEST.PRECISE_BN.NUM_ITER",
-                      "2", "MODEL.ONESHOT.IMAGE_HEAD.LOSS_START_ITER", "2")
+    opts = (*TINY, *SMALL_HEADS, *dataset_opts("launch"), "SEED", "3", "DATASETS.TEST", "()",
+            "SOLVER.MAX_ITER", "4", "TEST.PRECISE_BN.NUM_ITER", "2",
+            "MODEL.ONESHOT.IMAGE_HEAD.LOSS_START_ITER", "2")
+    args = train_args(AFFINITY_QUICK, tmp_path, *opts)
     assert make_cfg(AFFINITY_QUICK).MODEL.ONESHOT.IMAGE_HEAD.NORM == "BN"
     out_file = str(tmp_path / "fp")
     launch(train_and_fingerprint, 2, dist_url="auto", args=(args, phantom_root, out_file))
@@ -146,3 +153,25 @@ def test_two_process_launch_across_the_image_loss_start(phantom_root, tmp_path):
     assert prints[0][1] == prints[1][1]  # parameters
     assert prints[0][3] == prints[1][3]  # buffers (synchronised BN statistics)
     assert prints[0][4] == prints[1][4] == "True"  # the image loss ran after the start
+
+    # The same run on two "machines" (--num-machines 2 --machine-rank 0/1 --dist-url tcp://..):
+    # two separate OS processes of one process each, meeting over TCP: the same parameters
+    # and buffers as the two processes of one machine.
+    machines_file = str(tmp_path / "machines")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    runs = [subprocess.Popen(
+        [sys.executable, "-c", "from tests.engine.launch_worker import machine_main; "
+         "machine_main()", json.dumps({
+             "argv": [AFFINITY_QUICK, str(tmp_path / "machines_out"), *opts],
+             "phantom_root": phantom_root, "out_file": machines_file, "machine_rank": rank,
+             "num_machines": 2, "dist_url": f"tcp://127.0.0.1:{port}"})],
+        cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
+    outputs = [r.communicate(timeout=300)[0] for r in runs]
+    assert all(r.returncode == 0 for r in runs), outputs[0][-2000:] + outputs[1][-2000:]
+    machines = [open(f"{machines_file}.{r}").read().split() for r in (0, 1)]
+    assert machines[0][0] == machines[1][0] == "2"  # one world of two processes
+    assert machines[0][1] == machines[1][1] == prints[0][1]  # parameters
+    assert machines[0][3] == machines[1][3] == prints[0][3]  # buffers

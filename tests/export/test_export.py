@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from oneshot_d2.cli.export_model import export_files, sample_slices
 from oneshot_d2.errors import CheckpointError, ConfigError, UsageError
 from oneshot_d2.export import FILE_NAMES, FORMATS, TOLERANCES, FlatInferenceModel, load_exported
 from oneshot_d2.inference import OneShotPredictor
 from oneshot_d2.inference.exported_predictor import ExportedPredictor
+from oneshot_d2.inference.exporting import export_files, sample_slices
 from oneshot_d2.modeling.roi_heads.roi_batch import select_roi_batch
 from tests.common import (
     AFFINITY_QUICK,
@@ -28,6 +28,7 @@ from tests.common import (
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
+pytestmark = pytest.mark.slow  # about a CPU minute: exports of four models
 
 CLASSIFIER = config_path("real/image_classifier_R_18_FPN_1200iter_ucsd_2cls.yaml")
 # Random-weight detectors score their boxes about 0.5: at this threshold they keep a number of
@@ -206,7 +207,6 @@ def test_random_padding_is_refused_at_export(tmp_path):
         FlatInferenceModel(predictor.model)
 
 
-@pytest.mark.slow
 def test_export_cli_then_predict_with_each_backend_gives_the_same_reports(tmp_path):
     """tools/export_model.py, then tools/predict.py on a phantom patient (NIfTI) with
     --backend torch, torchscript and onnxruntime: the same patient result, slice

@@ -200,8 +200,10 @@ def test_predictor_equals_eval_only_path(cfg, weights):
             for x, out in zip(batch, model(batch)):
                 ref.append(out)
                 files.append(x["file_name"])
-    # batch 1 as the test loader: bit-identical (batches of 8: within 1e-6, next test)
+    # batch 1 as the test loader: bit-identical (batches of 8: within 1e-6, next test), with
+    # the model in the loader's memory format (channels-last: the test after the next)
     thresh = float(np.median(np.concatenate([r["instances"].scores.numpy() for r in ref])))
+    c.PREDICT.CHANNELS_LAST = False
     got = OneShotPredictor(c, batch_size=1, lesion_score_thresh=thresh)(
         [read_gray(f) for f in files])
     assert len(got) == len(ref) >= 3
@@ -233,6 +235,25 @@ def test_batch_size_does_not_change_outputs(cfg, weights, predictor, covid_study
                                    b["instances"].pred_boxes.tensor, rtol=1e-4, atol=1e-3)
         np.testing.assert_allclose(a["image_cls_boxes"], b["image_cls_boxes"], rtol=1e-4,
                                    atol=1e-3)
+
+
+def test_channels_last_gives_the_same_predictions(cfg, weights, predictor, covid_study):
+    """PREDICT.CHANNELS_LAST (the default) against the model in its usual memory format: the
+    same lesions and slice probabilities up to float rounding (measured within 1e-6)."""
+    assert predictor.cfg.PREDICT.CHANNELS_LAST
+    assert predictor.model.backbone.bottom_up.stem.conv1.weight.is_contiguous(
+        memory_format=torch.channels_last)
+    c = cfg.clone()
+    c.MODEL.WEIGHTS = weights
+    c.PREDICT.CHANNELS_LAST = False
+    images = list(lung_window(covid_study.hu))
+    plain = OneShotPredictor(c, batch_size=8, lesion_score_thresh=0.0)(images)
+    fast = OneShotPredictor(predictor.cfg, batch_size=8, lesion_score_thresh=0.0)(images)
+    for a, b in zip(plain, fast):
+        np.testing.assert_allclose(b["image_cls"], a["image_cls"], atol=1e-5)
+        np.testing.assert_allclose(b["image_cls_boxes"], a["image_cls_boxes"], atol=1e-3)
+        assert len(a["instances"]) == len(b["instances"]) > 0
+        np.testing.assert_allclose(b["instances"].scores, a["instances"].scores, atol=1e-5)
 
 
 def test_predictor_refuses_a_checkpoint_of_another_model(cfg, tmp_path):
