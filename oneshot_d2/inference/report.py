@@ -147,9 +147,12 @@ def _volumes(labels: np.ndarray, lesion_classes: Sequence[str],
              spacing: Optional[Tuple[float, float, float]],
              lung: Optional[np.ndarray]) -> Dict:
     """:func:`lesion_burden` without ``per_lung``."""
-    counts = np.bincount(labels.ravel(), minlength=len(lesion_classes) + 1)
-    if len(counts) > len(lesion_classes) + 1:
-        raise ValueError(f"label {len(counts) - 1} but only {len(lesion_classes)} lesion classes")
+    top = int(labels.max()) if labels.size else 0
+    if top > len(lesion_classes):
+        raise ValueError(f"label {top} but only {len(lesion_classes)} lesion classes")
+    # a count per class (np.bincount would first copy a study's labels to int64)
+    counts = np.array([0] + [np.count_nonzero(labels == k + 1)
+                             for k in range(len(lesion_classes))], np.int64)
     voxels = {name: int(counts[k + 1]) for k, name in enumerate(lesion_classes)}
     voxels["total"] = int(counts[1:].sum())
     out: Dict = {"voxels": voxels}
