@@ -72,3 +72,16 @@ def test_lung_window_equals_numpy_rounding():
         got = lung_window(hu, width, level)
         assert got.dtype == np.uint8 and got.shape == hu.shape
         np.testing.assert_array_equal(got, expected)
+
+
+def test_burden_counts_equal_bincount_and_refuse_unknown_labels():
+    from oneshot_d2.inference.report import lesion_burden
+
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 3, (3, 20, 20)).astype(np.uint8)
+    counts = np.bincount(labels.ravel(), minlength=3)
+    burden = lesion_burden(labels, ["ggo", "cons"], (1.0, 1.0, 2.0))
+    assert burden["voxels"] == {"ggo": counts[1], "cons": counts[2], "total": counts[1:].sum()}
+    assert lesion_burden(labels[:0], ["ggo", "cons"], None)["voxels"]["total"] == 0
+    with pytest.raises(ValueError, match="label 2 but only 1 lesion classes"):
+        lesion_burden(labels, ["lesion"], None)
