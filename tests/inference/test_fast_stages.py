@@ -85,3 +85,20 @@ def test_burden_counts_equal_bincount_and_refuse_unknown_labels():
     assert lesion_burden(labels[:0], ["ggo", "cons"], None)["voxels"]["total"] == 0
     with pytest.raises(ValueError, match="label 2 but only 1 lesion classes"):
         lesion_burden(labels, ["lesion"], None)
+
+
+def test_lung_sides_equal_their_definition():
+    """The two largest components (bincount) and the mean column of each one's voxels."""
+    from oneshot_d2.inference.lung_mask import lung_sides
+
+    lung = lung_mask(render_phantom_study(2, num_slices=10, size=128, seed=3).hu)
+    labels, _ = ndimage.label(lung)
+    sizes = np.bincount(labels.ravel())[1:]
+    first, second = (int(i) + 1 for i in np.argsort(-sizes)[:2])
+    a, b = labels == first, labels == second
+    col_a, col_b = np.nonzero(a)[2].mean(), np.nonzero(b)[2].mean()
+    right, left, midline = lung_sides(lung)
+    assert col_a != col_b
+    np.testing.assert_array_equal(right, a if col_a < col_b else b)
+    np.testing.assert_array_equal(left, b if col_a < col_b else a)
+    assert midline == pytest.approx((col_a + col_b) / 2, abs=1e-9)
