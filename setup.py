@@ -25,7 +25,7 @@ setup(
     # nor are its own dependencies (fvcore, iopath, ...). The list below is exactly the third-party
     # packages that oneshot_d2/, tools/ and datasets/ import (tests/test_install.py checks it).
     install_requires=[
-        "torch>=1.10",
+        "torch>=2.5",  # torch.onnx.export(dynamo=False): tools/export_model.py
         "torchvision",
         "numpy",
         "fvcore",  # precise BN of the image-head ceiling tool (also a Detectron2 requirement)

@@ -303,7 +303,7 @@ def _add_predict_config(cfg: CN) -> CN:
     # the air outside the body, largest components kept, holes filled slice by slice.
     _C.PREDICT.LUNG_HU_THRESH = -320.0
     # The predictor's model in channels-last memory format (torch backend): the same outputs
-    # within float rounding, about 1.3x faster on a 2-core CPU (docs/benchmarks.md).
+    # within float rounding, 1.4x faster on a 2-core CPU (docs/benchmarks.md, study rows).
     _C.PREDICT.CHANNELS_LAST = True
     return cfg
 

@@ -16,7 +16,7 @@ import argparse
 import logging
 from typing import Dict, List, Optional
 
-from ..config import load_config
+from ..config import load_config, resolve_device
 from ..export import FORMATS
 from ..inference import OneShotPredictor
 from ..inference.exporting import export_files
@@ -24,6 +24,7 @@ from .common import add_debug_argument, run_cli
 
 
 def main(argv: Optional[List[str]] = None) -> Dict:
+    """Parse the command line, export, check; returns ``export.json``'s content."""
     p = add_debug_argument(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]))
     p.add_argument("--config-file", required=True, metavar="FILE", help="the model's config")
     p.add_argument("--format", nargs="+", choices=FORMATS, default=list(FORMATS),
@@ -35,6 +36,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
     cfg = load_config(args.config_file, [o for o in args.opts if o != "--debug"])
+    resolve_device(cfg, "")  # a CUDA config exports on the CPU when there is no GPU
     predictor = OneShotPredictor(cfg, batch_size=1)
     return export_files(predictor, list(dict.fromkeys(args.format)), args.output,
                         args.overwrite, config_file=args.config_file)

@@ -1,10 +1,13 @@
 """Run a trained oneshot_d2 model on CT studies: DICOM series, NIfTI volumes, image files.
 
-    python tools/predict.py --config-file CFG MODEL.WEIGHTS output/model_final.pth \\
+    python tools/predict.py --config-file CFG \\
         --input scan_dicom_folder/ patient.nii.gz slices/ --output predictions/ \\
         [--batch-size 8] [--device cpu|cuda] [--save-overlays] [--save-nifti]
-        [--backend torch|torchscript|onnxruntime]
-        [--output-type html|dicom-seg|dicom-sr] [--keep-identifiers] [--skip-existing]
+        [--backend torch|torchscript|onnxruntime] [--num-workers N]
+        [--output-type html|dicom-seg|dicom-sr] [--keep-identifiers] [--skip-existing] \\
+        MODEL.WEIGHTS output/model_final.pth
+
+(config options such as MODEL.WEIGHTS come last: they take the rest of the command line)
 
 One study per DICOM series (a folder tree may hold several), per NIfTI file, per folder of
 image files or per single image file. Hounsfield-unit inputs are windowed with the config's
@@ -26,8 +29,10 @@ import multiprocessing
 import os
 import re
 import sys
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Sequence
 
@@ -39,6 +44,7 @@ from ..config import load_config, resolve_device
 from ..errors import OneShotError, UsageError
 from ..inference import (
     OneShotPredictor,
+    StudyRef,
     find_studies,
     predict_study,
     study_report,
@@ -227,7 +233,7 @@ class _StudyRunner:
                            f"{cfg.MODEL.ONESHOT.IMAGE_HEAD.NAME}")
         self.progress = progress and not args.no_progress
 
-    def run(self, ref) -> StudyOutcome:
+    def run(self, ref: StudyRef) -> StudyOutcome:
         """Predict and write one study (or keep it, ``--skip-existing``); a study's error is
         its outcome, not an exception."""
         args = self.args
@@ -272,27 +278,46 @@ class _StudyRunner:
                             html=self.html)
 
 
-def _run_here(runner: _StudyRunner, refs: Sequence) -> Iterator[StudyOutcome]:
+def _run_here(runner: _StudyRunner, refs: Sequence[StudyRef]) -> Iterator[StudyOutcome]:
     """The studies one after the other in this process."""
     for ref in tqdm(refs, desc="studies", unit="study", disable=not runner.progress,
                     position=0):
         yield runner.run(ref)
 
 
-_WORKER: Dict[str, _StudyRunner] = {}
+_WORKER: Dict[str, object] = {}
 
 
 def _worker_init(args: argparse.Namespace, threads: int) -> None:
+    """A ``--num-workers`` process's start: its own predictor. A failure is kept and raised
+    by its first study (an initializer's exception would only break the pool)."""
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
     filter_known_warnings()
-    _WORKER["runner"] = _StudyRunner(args, threads, progress=False)
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+    try:
+        _WORKER["runner"] = _StudyRunner(args, threads, progress=False)
+    except Exception as e:  # noqa: BLE001  reported by the main process, one line
+        _WORKER["error"] = f"a --num-workers process could not start: {error_message(e)}"
 
 
-def _worker_run(ref) -> StudyOutcome:
+def _exit_with_parent(parent: int) -> None:
+    """Stop this worker within a second of its main process's death (a killed run): no study
+    is then written after the run was stopped (an unfinished one leaves only temporary files,
+    removed by the next run)."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
+
+
+def _worker_run(ref: StudyRef) -> StudyOutcome:
+    """One study in a ``--num-workers`` process."""
+    if "error" in _WORKER:
+        raise OneShotError(_WORKER["error"])
     return _WORKER["runner"].run(ref)
 
 
-def _run_in_workers(args: argparse.Namespace, refs: Sequence) -> Iterator[StudyOutcome]:
+def _run_in_workers(args: argparse.Namespace,
+                    refs: Sequence[StudyRef]) -> Iterator[StudyOutcome]:
     """The studies shared over ``--num-workers`` processes (each with its own predictor and
     an equal share of the torch threads); the outcomes in input order, each as soon as it
     and all before it are done."""
@@ -302,8 +327,12 @@ def _run_in_workers(args: argparse.Namespace, refs: Sequence) -> Iterator[StudyO
     with ProcessPoolExecutor(workers, context, _worker_init, (args, threads)) as pool:
         # in input order; a worker takes the next study as soon as it is free
         outcomes = pool.map(_worker_run, refs)
-        yield from tqdm(outcomes, total=len(refs), desc="studies", unit="study",
-                        disable=args.no_progress)
+        try:
+            yield from tqdm(outcomes, total=len(refs), desc="studies", unit="study",
+                            disable=args.no_progress)
+        except BrokenProcessPool as e:  # a worker killed (out of memory, a signal)
+            raise OneShotError(f"a --num-workers process stopped unexpectedly ({e}); the "
+                               "studies written so far are complete") from None
 
 
 def entry_point(argv: Optional[List[str]] = None) -> int:

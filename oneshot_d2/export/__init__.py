@@ -11,6 +11,7 @@ from .exporters import (
     load_exported,
 )
 from .flat_model import (
+    KINDS,
     TOLERANCES,
     FlatInferenceModel,
     model_kind,
@@ -23,4 +24,4 @@ from .flat_model import (
 __all__ = ["FILE_NAMES", "FORMATS", "ONNX_OPSET", "ExportedModel", "export_description",
            "export_onnx", "export_torchscript", "load_exported", "FlatInferenceModel",
            "model_kind", "output_differences", "output_names", "outside_tolerance",
-           "unflatten", "TOLERANCES"]
+           "unflatten", "KINDS", "TOLERANCES"]

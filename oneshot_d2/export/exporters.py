@@ -65,6 +65,8 @@ def export_description(cfg: CfgNode, flat: FlatInferenceModel, fmt: str) -> Dict
         "num_lesion_classes": int(cfg.MODEL.ROI_HEADS.NUM_CLASSES)
         if flat.kind != "classifier" else 0,
         "input_format": cfg.INPUT.FORMAT,
+        # a traced TorchScript graph holds its device; ONNX files run on any provider
+        "device": next(flat.model.parameters()).device.type,
         "lesion_score_thresh": float(getattr(box_predictor, "test_score_thresh", 0.0)),
         "oneshot_d2_version": __version__,
         "torch_version": torch.__version__,
@@ -86,7 +88,7 @@ def export_onnx(flat: FlatInferenceModel, sample: torch.Tensor, path: str, descr
                 opset: int = ONNX_OPSET) -> None:
     """Export ``flat`` traced on ``sample`` to ONNX (height and width of the input and the number
     of lesions dynamic), check it with ``onnx.checker`` and save it at ``path``."""
-    import onnx  # optional dependency: only export needs it
+    import onnx  # imported here: only export needs it
 
     flat.probe(sample)
     description = dict(description, output_names=list(flat.names), opset=opset)
@@ -120,9 +122,10 @@ class ExportedModel:
         self.path, self.format, self.device = path, fmt, torch.device(device)
         try:
             if fmt == "torchscript":
+                # loaded on the CPU first: the description says where it may run
                 extra = {META_KEY: ""}
                 with quiet_export_warnings():
-                    self._module = torch.jit.load(path, map_location=self.device,
+                    self._module = torch.jit.load(path, map_location="cpu",
                                                   _extra_files=extra)
                 self.description = json.loads(extra[META_KEY] or "null")
             else:
@@ -134,14 +137,23 @@ class ExportedModel:
         except Exception as exc:  # noqa: BLE001  torch / ONNX Runtime errors of a bad file
             if not os.path.isfile(path):
                 raise CheckpointError(f"{path}: no such exported model file") from None
-            raise CheckpointError(f"{path}: not a readable {fmt} model "
-                                  f"({str(exc).strip().splitlines()[0][:200]})") from None
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise CheckpointError(f"{path}: not a readable {fmt} model ({first})") from None
         if not isinstance(self.description, dict) or "output_names" not in self.description:
             raise CheckpointError(f"{path}: not written by oneshot_d2's export (no "
                                   f"{META_KEY} description)")
         if self.description.get("format") != fmt:
             raise CheckpointError(f"{path}: a {self.description.get('format')} export, "
                                   f"not {fmt}")
+        traced_on = self.description.get("device", "cpu")
+        if fmt == "torchscript" and traced_on != self.device.type:
+            raise ConfigError(f"{path}: traced on {traced_on}, asked to run on "
+                              f"{self.device.type}: a TorchScript trace runs on its device only "
+                              "(export again with MODEL.DEVICE " + self.device.type + ", or use "
+                              "the ONNX file)")
+        if fmt == "torchscript" and self.device.type != "cpu":
+            with quiet_export_warnings():
+                self._module = torch.jit.load(path, map_location=self.device)
         self.names: List[str] = list(self.description["output_names"])
 
     def __call__(self, image: torch.Tensor) -> List[torch.Tensor]:
@@ -157,7 +169,7 @@ class ExportedModel:
 def _onnx_session(path: str, device: torch.device, threads: int):
     """An ONNX Runtime session on ``device`` (CUDA where ONNX Runtime has it, else the CPU)
     with ``threads`` intra-op threads (0: ONNX Runtime's default)."""
-    import onnxruntime as ort  # optional dependency: only this backend needs it
+    import onnxruntime as ort  # imported here: only this backend needs it
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = int(threads)

@@ -11,7 +11,7 @@ from detectron2.config import CfgNode
 from detectron2.modeling.postprocessing import detector_postprocess
 
 from ..errors import CheckpointError, ConfigError
-from ..export import ExportedModel, unflatten
+from ..export import KINDS, ExportedModel, unflatten
 from ..modeling.meta_arch import rescale_roi_boxes
 from .predictor import SlicePredictor
 
@@ -55,13 +55,15 @@ class ExportedPredictor(SlicePredictor):
         self.backend = backend
         if lesion_score_thresh is None:
             lesion_score_thresh = self.cfg.PREDICT.LESION_SCORE_THRESH
+        # as OneShotPredictor: the box predictor's own threshold or the asked one, the higher
+        thresh = max(float(lesion_score_thresh), float(self.cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST))
         exported_thresh = float(desc.get("lesion_score_thresh", 0.0))
-        if self.has_lesions and lesion_score_thresh < exported_thresh - 1e-12:
+        if self.has_lesions and thresh < exported_thresh - 1e-12:
             raise ConfigError(f"{path} was exported with lesion score threshold "
                               f"{exported_thresh:g}: it holds no detection below it (asked "
-                              f"for {lesion_score_thresh:g}); export again with "
-                              "PREDICT.LESION_SCORE_THRESH at the lower value")
-        self.lesion_score_thresh = float(lesion_score_thresh)
+                              f"for {thresh:g}); export again with PREDICT.LESION_SCORE_THRESH "
+                              "and MODEL.ROI_HEADS.SCORE_THRESH_TEST at most the lower value")
+        self.lesion_score_thresh = thresh
 
     def _run_model(self, inputs: List[Dict]) -> List[Dict]:
         outputs = []
@@ -82,6 +84,8 @@ class ExportedPredictor(SlicePredictor):
 
 def _check_matches(cfg: CfgNode, desc: Dict, path: str) -> None:
     """ConfigError unless the exported file holds ``cfg``'s architecture and classes."""
+    if desc.get("kind") not in KINDS:
+        raise CheckpointError(f"{path}: unknown model kind {desc.get('kind')!r}")
     expected = {"meta_architecture": cfg.MODEL.META_ARCHITECTURE,
                 "input_format": cfg.INPUT.FORMAT}
     if desc.get("kind") != "rcnn":
@@ -92,5 +96,3 @@ def _check_matches(cfg: CfgNode, desc: Dict, path: str) -> None:
              if desc.get(k) != v]
     if wrong:
         raise ConfigError(f"{path} does not hold this config's model: " + ", ".join(wrong))
-    if desc.get("kind") not in ("oneshot", "rcnn", "classifier"):
-        raise CheckpointError(f"{path}: unknown model kind {desc.get('kind')!r}")

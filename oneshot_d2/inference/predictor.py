@@ -197,6 +197,8 @@ class OneShotPredictor(SlicePredictor):
 
     def __init__(self, cfg: CfgNode, batch_size: int = 8, allow_random_weights: bool = False,
                  lesion_score_thresh: Optional[float] = None):
+        if batch_size < 1:  # before the model is built
+            raise ConfigError(f"batch size must be >= 1, got {batch_size}")
         check_weights(cfg, eval_only=True, allow_random=allow_random_weights)
         model = build_model(cfg)
         model.eval()

@@ -169,7 +169,11 @@ def test_two_process_launch_across_the_image_loss_start(phantom_root, tmp_path):
              "num_machines": 2, "dist_url": f"tcp://127.0.0.1:{port}"})],
         cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
-    outputs = [r.communicate(timeout=300)[0] for r in runs]
+    try:
+        outputs = [r.communicate(timeout=300)[0] for r in runs]
+    finally:  # a rank left waiting at the rendezvous must not outlive the test
+        for r in runs:
+            r.kill()
     assert all(r.returncode == 0 for r in runs), outputs[0][-2000:] + outputs[1][-2000:]
     machines = [open(f"{machines_file}.{r}").read().split() for r in (0, 1)]
     assert machines[0][0] == machines[1][0] == "2"  # one world of two processes

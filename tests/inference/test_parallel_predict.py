@@ -48,12 +48,14 @@ def _run(cohort, out, workers):
 
 
 def _read(out):
-    tables = {name: list(csv.DictReader(open(out / name)))
-              for name in ("slices.csv", "studies.csv")}
+    tables = {}
+    for name in ("slices.csv", "studies.csv"):
+        with open(out / name, newline="") as f:
+            tables[name] = list(csv.DictReader(f))
     studies = {}
     for name in sorted(os.listdir(out)):
         if os.path.isdir(out / name):
-            report = json.load(open(out / name / "report.json"))
+            report = json.loads((out / name / "report.json").read_text())
             for key in RUN_DEPENDENT:
                 report.pop(key)
             labels = np.asarray(nib.load(str(out / name / "lesions.nii.gz")).dataobj)

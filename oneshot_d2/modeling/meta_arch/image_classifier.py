@@ -10,7 +10,7 @@ one-shot model's backbone (``MODEL.WEIGHTS``: the other keys are reported and sk
 """
 from __future__ import annotations
 
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Union
 
 import torch
 from detectron2.config import configurable
@@ -49,7 +49,8 @@ def log_train_accuracy(logits: torch.Tensor, labels: torch.Tensor,
     storage.put_scalar(name, acc.item())
 
 
-def _mean_over_image(fmap: torch.Tensor, image_size, stride: int) -> torch.Tensor:
+def _mean_over_image(fmap: torch.Tensor, image_size: Sequence[Union[int, torch.Tensor]],
+                     stride: int) -> torch.Tensor:
     """(C, h, w) feature map -> (C,) mean over the cells that hold any of the image
     (ceil(size / stride), at least one; never padding alone). ``image_size`` (height, width)
     holds ints, or 0-dim tensors while tracing: the extent is a mask, not a slice, so a traced

@@ -221,8 +221,9 @@ class OneShotROIHeads(StandardROIHeads):
         batches = []
         for img_boxes, img_probs, p in zip(boxes, probs, proposals):
             fg = img_probs[:, :-1]  # Detectron2 puts background last
-            # (R, 4K) or (R, 4) class-agnostic; explicit sizes: R may be 0 (no proposal)
-            img_boxes = img_boxes.view(len(p), img_boxes.shape[1] // 4, 4)
+            # (R, 4K) or (R, 4) class-agnostic; explicit sizes: R may be 0 (no proposal), and
+            # a tensor's shape, not len(p), keeps R symbolic in a traced (exported) model
+            img_boxes = img_boxes.view(img_probs.shape[0], img_boxes.shape[1] // 4, 4)
             if img_boxes.shape[1] != fg.shape[1]:  # class-agnostic box regression
                 img_boxes = img_boxes.expand(-1, fg.shape[1], 4)
             per_class = Boxes(img_boxes.reshape(-1, 4))
