@@ -25,7 +25,9 @@ volume of ``--study-slices`` slices of ``--study-size`` px, written as NIfTI, th
 ``tools/predict.py``'s pipeline end to end (read, window, model in batches of ``--study-batch``,
 lung mask, report and study folder; no overlays), with the model of ``--study-config`` /
 ``--study-weights`` (default: the ``make demo`` model if trained, else random weights) at its
-training resolution and at each ``--study-input-sizes``:
+training resolution, one row per predictor of ``--study-levers`` (torch NCHW, torch
+channels-last, the exported TorchScript and ONNX files), then the default at each other of
+``--study-input-sizes``:
 
     python tools/benchmark.py --task study --threads 2
 

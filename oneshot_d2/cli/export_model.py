@@ -1,6 +1,6 @@
 """Export a trained model's inference path to TorchScript and / or ONNX.
 
-    python tools/export_model.py --config-file CFG --format onnx torchscript \\
+    python tools/export_model.py --config-file CFG --format onnx --format torchscript \\
         --output exported/ MODEL.WEIGHTS output/model_final.pth
 
 Writes into ``--output``: ``model.onnx`` / ``model.ts`` (one image at the model's input size in;
@@ -27,8 +27,8 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     """Parse the command line, export, check; returns ``export.json``'s content."""
     p = add_debug_argument(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]))
     p.add_argument("--config-file", required=True, metavar="FILE", help="the model's config")
-    p.add_argument("--format", nargs="+", choices=FORMATS, default=list(FORMATS),
-                   help="formats to write (default: both)")
+    p.add_argument("--format", action="append", choices=FORMATS, metavar="FORMAT",
+                   help="a format to write, onnx or torchscript (repeatable; default: both)")
     p.add_argument("--output", required=True, metavar="DIR", help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace files written before")
     p.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
@@ -38,7 +38,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     cfg = load_config(args.config_file, [o for o in args.opts if o != "--debug"])
     resolve_device(cfg, "")  # a CUDA config exports on the CPU when there is no GPU
     predictor = OneShotPredictor(cfg, batch_size=1)
-    return export_files(predictor, list(dict.fromkeys(args.format)), args.output,
+    return export_files(predictor, list(dict.fromkeys(args.format or FORMATS)), args.output,
                         args.overwrite, config_file=args.config_file)
 
 

@@ -246,7 +246,7 @@ def test_channels_last_gives_the_same_predictions(cfg, weights, predictor, covid
     c = cfg.clone()
     c.MODEL.WEIGHTS = weights
     c.PREDICT.CHANNELS_LAST = False
-    images = list(lung_window(covid_study.hu))
+    images = list(lung_window(covid_study.hu))[:2]
     plain = OneShotPredictor(c, batch_size=8, lesion_score_thresh=0.0)(images)
     fast = OneShotPredictor(predictor.cfg, batch_size=8, lesion_score_thresh=0.0)(images)
     for a, b in zip(plain, fast):
