@@ -102,22 +102,29 @@ def test_exported_files_equal_pytorch_on_two_input_sizes(exported):
 
 
 # The backends' code is the same for every architecture: both formats for the one-shot
-# affinity model, ONNX for the plain ones (the LSTM model's outputs: the test above).
-@pytest.mark.parametrize("exported, fmt", [("affinity", "torchscript"), ("affinity", "onnx"),
-                                           ("mask_rcnn", "onnx"), ("classifier", "onnx")],
-                         indirect=["exported"])
-def test_exported_backend_gives_the_torch_backends_slice_predictions(exported, fmt):
+# affinity model, ONNX for the others.
+BACKEND_CHECKS = {"affinity": FORMATS, "lstm": ("onnx",), "mask_rcnn": ("onnx",),
+                  "classifier": ("onnx",)}
+
+
+def test_exported_backend_gives_the_torch_backends_slice_predictions(exported):
     """tools/predict.py's --backend torchscript / onnxruntime: the same SlicePrediction as
     --backend torch (class probabilities, the RoI batch, lesions with masks pasted at the
     slice's size) on slices of two sizes. Catches unscaled boxes, unpasted masks, a lost
     score threshold."""
     arch, predictor, folder, _ = exported
-    path = os.path.join(folder, FILE_NAMES[fmt])
+    slices = sample_slices(predictor.cfg, size=200)
+    reference = predictor(slices)
+    for fmt in BACKEND_CHECKS[arch]:
+        _check_backend(arch, predictor, os.path.join(folder, FILE_NAMES[fmt]), fmt, slices,
+                       reference)
+
+
+def _check_backend(arch, predictor, path, fmt, slices, reference):
     other = ExportedPredictor(predictor.cfg, path, BACKENDS[fmt], batch_size=4)
     assert other.image_classes == predictor.image_classes
     assert other.lesion_classes == predictor.lesion_classes
-    slices = sample_slices(predictor.cfg, size=200)
-    for ref, got in zip(predictor(slices), other(slices)):
+    for ref, got in zip(reference, other(slices)):
         assert set(ref) == set(got)
         if "image_cls" in ref:
             np.testing.assert_allclose(got["image_cls"], ref["image_cls"], atol=1e-4)
@@ -137,10 +144,10 @@ def test_exported_backend_gives_the_torch_backends_slice_predictions(exported, f
             assert a.pred_masks.shape == b.pred_masks.shape
             assert (a.pred_masks != b.pred_masks).float().mean() <= 1e-3
     if arch != "classifier":
-        assert sum(len(p["instances"]) for p in predictor(slices)) > 0
+        assert sum(len(p["instances"]) for p in reference) > 0
     if arch != "classifier" and fmt == "onnx":  # (the filter is the backends' shared code)
         # a threshold above the exported one drops the detections below it, as in PyTorch
-        scores = torch.cat([p["instances"].scores for p in predictor(slices)]).sort().values
+        scores = torch.cat([p["instances"].scores for p in reference]).sort().values
         middle = scores[len(scores) // 4: 3 * len(scores) // 4 + 1]
         gap = int((middle[1:] - middle[:-1]).argmax())  # no score near it: rounding can't flip
         thresh = float(middle[gap] + middle[gap + 1]) / 2
@@ -150,7 +157,7 @@ def test_exported_backend_gives_the_torch_backends_slice_predictions(exported, f
         kept = [(len(a["instances"]), len(b["instances"]))
                 for a, b in zip(strict_ref(slices), strict(slices))]
         assert all(a == b for a, b in kept)
-        assert sum(a for a, _ in kept) < sum(len(p["instances"]) for p in predictor(slices))
+        assert sum(a for a, _ in kept) < sum(len(p["instances"]) for p in reference)
 
 
 def test_select_roi_batch_traced_pads_like_eager():
