@@ -142,7 +142,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         raise UsageError(f"--output-type {dicom_outputs[0]} writes the patient's identifiers "
                          "(a DICOM object joins the source study in PACS): add "
                          "--keep-identifiers")
-    # the config, device and weights are checked before the studies are searched
+    # the config and the device are checked before the studies are searched
     cfg = load_config(args.config_file, args.opts)
     resolve_device(cfg, args.device or "")  # --device cuda without a GPU: refused
     refs, errors = find_studies(args.input, keep_identifiers=args.keep_identifiers)
