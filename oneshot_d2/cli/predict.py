@@ -161,6 +161,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         outcomes = _run_here(runner, refs)
     slice_rows, study_rows = [], []
     reused = 0
+    html = "html" in args.output_type
     for outcome in outcomes:  # in input order, as they complete
         if outcome.error is not None:
             print(f"predict: error: {outcome.error}", file=sys.stderr)
@@ -168,14 +169,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         reused += outcome.reused
         slice_rows += outcome.slice_rows
         study_rows.append(outcome.study_row)
-        write_studies_table(out, study_rows, outcome.html)
+        write_studies_table(out, study_rows, html)
         if outcome.error is None and not outcome.reused:
             kill_point(f"predict-done:{outcome.study_row['study']}")
     if reused:
         logger.info("%d of %d studies kept from an earlier run (--skip-existing)", reused,
                     len(refs))
     study_rows += [study_summary_row("", "", error=_row_error(args, e)) for e in errors]
-    write_run_tables(out, slice_rows, study_rows, "html" in args.output_type)
+    write_run_tables(out, slice_rows, study_rows, html)
     if failed:
         logger.info("%d of %d studies failed (studies.csv lists them)", failed,
                     len(refs) + len(errors))
@@ -197,7 +198,6 @@ class StudyOutcome:
     study_row: Dict
     reused: bool = False
     error: Optional[str] = None
-    html: bool = False
 
 
 class _StudyRunner:
@@ -222,11 +222,10 @@ class _StudyRunner:
         self.out = make_folder(args.output, "--output")
         self.output_types = sorted(set(args.output_type))
         self.dicom_outputs = [t for t in self.output_types if t.startswith("dicom-")]
-        self.html = "html" in self.output_types
         self.config_yaml = self.predictor.cfg.dump()
         options = {"save_overlays": args.save_overlays, "save_nifti": args.save_nifti,
                    "keep_identifiers": args.keep_identifiers, "output_types": self.output_types}
-        if args.backend != "torch":  # (torch: the fingerprints of earlier versions stay valid)
+        if args.backend != "torch":  # the default adds no key
             options["backend"] = args.backend
         self.run_fingerprint = run_fingerprint(self.predictor.cfg, options)
         self.model_name = (f"oneshot_d2 {cfg.MODEL.META_ARCHITECTURE} "
@@ -246,7 +245,7 @@ class _StudyRunner:
                 logger.info("%s: done before, kept (--skip-existing)", ref.name)
                 return StudyOutcome(previous["slices"],
                                     study_summary_row(ref.name, ref.source, previous),
-                                    reused=True, html=self.html)
+                                    reused=True)
             study = ref.load()
             # a study they cannot reference (not DICOM, attributes missing) fails before the
             # model
@@ -267,15 +266,14 @@ class _StudyRunner:
                 raise
             return StudyOutcome([], study_summary_row(ref.name, ref.source,
                                                       error=_row_error(args, e)),
-                                error=error_message(e), html=self.html)
+                                error=error_message(e))
         patient = report["patient"]
         logger.info("%s: %d slices in %.1f s -> %s%s", study.name, study.num_slices,
                     time.perf_counter() - start,
                     f"patient {patient['class']}" if patient else "done",
                     f", written to {folder}")
         return StudyOutcome(report["slices"],
-                            study_summary_row(study.name, study.source, report),
-                            html=self.html)
+                            study_summary_row(study.name, study.source, report))
 
 
 def _run_here(runner: _StudyRunner, refs: Sequence[StudyRef]) -> Iterator[StudyOutcome]:

@@ -5,6 +5,7 @@ from .exporters import (
     FORMATS,
     ONNX_OPSET,
     ExportedModel,
+    config_identity,
     export_description,
     export_onnx,
     export_torchscript,
@@ -21,7 +22,8 @@ from .flat_model import (
     unflatten,
 )
 
-__all__ = ["FILE_NAMES", "FORMATS", "ONNX_OPSET", "ExportedModel", "export_description",
+__all__ = ["FILE_NAMES", "FORMATS", "ONNX_OPSET", "ExportedModel", "config_identity",
+           "export_description",
            "export_onnx", "export_torchscript", "load_exported", "FlatInferenceModel",
            "model_kind", "output_differences", "output_names", "outside_tolerance",
            "unflatten", "KINDS", "TOLERANCES"]

@@ -23,9 +23,10 @@ from detectron2.config import CfgNode
 from ..errors import CheckpointError, ConfigError
 from ..utils.file_io import atomic_open, atomic_write_bytes
 from ..version import __version__
-from .flat_model import FlatInferenceModel, patch_builtin_len
+from .flat_model import LESION_OUTPUTS, FlatInferenceModel, patch_builtin_len
 
-__all__ = ["FORMATS", "FILE_NAMES", "META_KEY", "export_description", "export_torchscript",
+__all__ = ["FORMATS", "FILE_NAMES", "META_KEY", "config_identity", "export_description",
+           "export_torchscript",
            "export_onnx", "ExportedModel", "load_exported", "ONNX_OPSET"]
 
 logger = logging.getLogger(__name__)
@@ -51,6 +52,18 @@ def quiet_export_warnings() -> Iterator[None]:
         yield
 
 
+def config_identity(cfg: CfgNode, kind: str) -> Dict:
+    """What an exported file must share with the config it runs with: the architecture, the
+    slice and lesion class counts (0 where the kind has none), the input format."""
+    return {
+        "meta_architecture": cfg.MODEL.META_ARCHITECTURE,
+        "num_image_classes": int(cfg.MODEL.ONESHOT.NUM_IMAGE_CLASSES) if kind != "rcnn" else 0,
+        "num_lesion_classes": int(cfg.MODEL.ROI_HEADS.NUM_CLASSES)
+        if kind != "classifier" else 0,
+        "input_format": cfg.INPUT.FORMAT,
+    }
+
+
 def export_description(cfg: CfgNode, flat: FlatInferenceModel, fmt: str) -> Dict:
     """The JSON description stored with an exported file (``lesion_score_thresh``: the box
     predictor's threshold at export; the file holds no detection scoring below it)."""
@@ -59,12 +72,7 @@ def export_description(cfg: CfgNode, flat: FlatInferenceModel, fmt: str) -> Dict
         "format": fmt,
         "kind": flat.kind,
         "output_names": list(flat.names),
-        "meta_architecture": cfg.MODEL.META_ARCHITECTURE,
-        "num_image_classes": int(cfg.MODEL.ONESHOT.NUM_IMAGE_CLASSES)
-        if flat.kind != "rcnn" else 0,
-        "num_lesion_classes": int(cfg.MODEL.ROI_HEADS.NUM_CLASSES)
-        if flat.kind != "classifier" else 0,
-        "input_format": cfg.INPUT.FORMAT,
+        **config_identity(cfg, flat.kind),
         # a traced TorchScript graph holds its device; ONNX files run on any provider
         "device": next(flat.model.parameters()).device.type,
         "lesion_score_thresh": float(getattr(box_predictor, "test_score_thresh", 0.0)),
@@ -94,7 +102,7 @@ def export_onnx(flat: FlatInferenceModel, sample: torch.Tensor, path: str, descr
     description = dict(description, output_names=list(flat.names), opset=opset)
     dynamic = {"image": {1: "height", 2: "width"}}
     for name in flat.names:
-        if name in ("pred_boxes", "scores", "pred_classes", "pred_masks"):
+        if name in LESION_OUTPUTS:
             dynamic[name] = {0: "lesions"}
     buffer = io.BytesIO()
     with torch.no_grad(), patch_builtin_len(), quiet_export_warnings():

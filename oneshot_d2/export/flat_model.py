@@ -132,8 +132,8 @@ class FlatInferenceModel(nn.Module):
 
     def probe(self, image: torch.Tensor) -> None:
         """Run once in eager mode to learn the image head's explanation keys (their set is the
-        head's, the same for every image)."""
-        if self.kind == "oneshot":
+        head's, the same for every image); later calls do nothing."""
+        if self.kind == "oneshot" and not self.explanation_keys:
             with torch.no_grad():
                 out = self.model.inference([{"image": image}], do_postprocess=False)[0]
             self.explanation_keys = tuple(out["image_cls_explanation"])

@@ -11,9 +11,9 @@ from detectron2.config import CfgNode
 from detectron2.modeling.postprocessing import detector_postprocess
 
 from ..errors import CheckpointError, ConfigError
-from ..export import KINDS, ExportedModel, unflatten
+from ..export import KINDS, ExportedModel, config_identity, unflatten
 from ..modeling.meta_arch import rescale_roi_boxes
-from .predictor import SlicePredictor
+from .predictor import SlicePredictor, lesion_threshold
 
 __all__ = ["ExportedPredictor", "BACKENDS", "BACKEND_FORMATS"]
 
@@ -53,10 +53,7 @@ class ExportedPredictor(SlicePredictor):
         _check_matches(cfg, desc, path)
         super().__init__(cfg, desc["kind"], batch_size)
         self.backend = backend
-        if lesion_score_thresh is None:
-            lesion_score_thresh = self.cfg.PREDICT.LESION_SCORE_THRESH
-        # as OneShotPredictor: the box predictor's own threshold or the asked one, the higher
-        thresh = max(float(lesion_score_thresh), float(self.cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST))
+        thresh = lesion_threshold(self.cfg, lesion_score_thresh)
         exported_thresh = float(desc.get("lesion_score_thresh", 0.0))
         if self.has_lesions and thresh < exported_thresh - 1e-12:
             raise ConfigError(f"{path} was exported with lesion score threshold "
@@ -86,13 +83,7 @@ def _check_matches(cfg: CfgNode, desc: Dict, path: str) -> None:
     """ConfigError unless the exported file holds ``cfg``'s architecture and classes."""
     if desc.get("kind") not in KINDS:
         raise CheckpointError(f"{path}: unknown model kind {desc.get('kind')!r}")
-    expected = {"meta_architecture": cfg.MODEL.META_ARCHITECTURE,
-                "input_format": cfg.INPUT.FORMAT}
-    if desc.get("kind") != "rcnn":
-        expected["num_image_classes"] = int(cfg.MODEL.ONESHOT.NUM_IMAGE_CLASSES)
-    if desc.get("kind") != "classifier":
-        expected["num_lesion_classes"] = int(cfg.MODEL.ROI_HEADS.NUM_CLASSES)
-    wrong = [f"{k} {desc.get(k)!r} (config: {v!r})" for k, v in expected.items()
-             if desc.get(k) != v]
+    wrong = [f"{k} {desc.get(k)!r} (config: {v!r})"
+             for k, v in config_identity(cfg, desc["kind"]).items() if desc.get(k) != v]
     if wrong:
         raise ConfigError(f"{path} does not hold this config's model: " + ", ".join(wrong))

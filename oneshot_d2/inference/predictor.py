@@ -27,7 +27,7 @@ from ..errors import ConfigError
 from ..export import model_kind
 
 __all__ = ["OneShotPredictor", "SlicePredictor", "SlicePrediction", "class_names_of",
-           "to_model_channels"]
+           "lesion_threshold", "to_model_channels"]
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +84,15 @@ def to_model_channels(image: np.ndarray, input_format: str) -> np.ndarray:
         return np.repeat(image[:, :, None], 3, axis=2)
     raise ConfigError(f"INPUT.FORMAT {input_format!r} is not supported by the predictor "
                       "(L, BGR or RGB)")
+
+
+def lesion_threshold(cfg: CfgNode, asked: Optional[float] = None) -> float:
+    """The score above which a predictor keeps lesions: the box predictor's own threshold
+    (``MODEL.ROI_HEADS.SCORE_THRESH_TEST``) or the one asked for (default
+    ``PREDICT.LESION_SCORE_THRESH``), the higher; every backend applies it alike."""
+    if asked is None:
+        asked = cfg.PREDICT.LESION_SCORE_THRESH
+    return max(float(cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST), float(asked))
 
 
 class SlicePredictor:
@@ -212,12 +221,9 @@ class OneShotPredictor(SlicePredictor):
             # cuDNN pick the layout from the weights), whatever the input's layout
             model.to(memory_format=torch.channels_last)
         self.model = model
-        if lesion_score_thresh is None:
-            lesion_score_thresh = self.cfg.PREDICT.LESION_SCORE_THRESH
         box_predictor = getattr(getattr(self.model, "roi_heads", None), "box_predictor", None)
         if box_predictor is not None and hasattr(box_predictor, "test_score_thresh"):
-            box_predictor.test_score_thresh = max(box_predictor.test_score_thresh,
-                                                  float(lesion_score_thresh))
+            box_predictor.test_score_thresh = lesion_threshold(self.cfg, lesion_score_thresh)
 
     @classmethod
     def from_config_file(cls, config_file: str, weights: Optional[str] = None,
