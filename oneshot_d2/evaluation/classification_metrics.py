@@ -11,7 +11,6 @@ from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
-from sklearn import metrics as _sk_metrics
 
 __all__ = ["confusion_matrix", "roc_auc_binary", "classification_metrics",
            "expected_calibration_error", "brier_score", "choose_threshold", "thresholded_metrics",
@@ -19,6 +18,15 @@ __all__ = ["confusion_matrix", "roc_auc_binary", "classification_metrics",
 
 # Equal-width confidence bins of the expected calibration error (Guo et al. 2017: 15).
 ECE_BINS = 15
+
+
+def _sklearn_metrics():
+    """``sklearn.metrics``, imported on first use: importing scikit-learn (scipy.stats, sympy)
+    takes about 1.3 s, which every process that imports the trainer would pay, spawned
+    training and prediction workers included."""
+    from sklearn import metrics
+
+    return metrics
 
 
 def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
@@ -29,7 +37,7 @@ def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int) ->
             raise ValueError(f"{name} outside [0, {num_classes - 1}]: {sorted(set(arr.tolist()))}")
     if labels.size == 0:  # scikit-learn refuses empty inputs
         return np.zeros((num_classes, num_classes), dtype=np.int64)
-    return _sk_metrics.confusion_matrix(labels, preds, labels=np.arange(num_classes)) \
+    return _sklearn_metrics().confusion_matrix(labels, preds, labels=np.arange(num_classes)) \
         .astype(np.int64)
 
 
@@ -42,7 +50,7 @@ def roc_auc_binary(is_positive: np.ndarray, scores: np.ndarray) -> float:
     n_pos = int(is_positive.sum())
     if n_pos == 0 or n_pos == is_positive.size or not np.isfinite(scores).all():
         return float("nan")
-    return float(_sk_metrics.roc_auc_score(is_positive, scores))
+    return float(_sklearn_metrics().roc_auc_score(is_positive, scores))
 
 
 def expected_calibration_error(labels: np.ndarray, probs: np.ndarray,

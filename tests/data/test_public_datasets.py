@@ -24,7 +24,7 @@ from oneshot_d2.data.datasets.public_ct import (
     split_volumes,
 )
 from oneshot_d2.errors import DatasetError
-from tests.common import REPO
+from tests.common import REPO, SMALL_HEADS
 
 SHARED = os.path.abspath(os.path.join(REPO, "..", "shared", "data"))
 needs_shared = pytest.mark.skipif(
@@ -322,6 +322,7 @@ def test_real_2cls_config_trains_and_evaluates(shared_prefix, tmp_path):
         "SOLVER.IMS_PER_BATCH", "2", "SOLVER.CLS_IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "2",
         "DATALOADER.NUM_WORKERS", "0", "OUTPUT_DIR", str(tmp_path / "run"), "SEED", "3",
         "MODEL.ONESHOT.IMAGE_HEAD.LOSS_START_ITER", "0", "TEST.PRECISE_BN.NUM_ITER", "2",
+        "TEST.DETECTIONS_PER_IMAGE", "20", *SMALL_HEADS,
     ]
     args = default_argument_parser().parse_args(
         ["--config-file", os.path.join(REPO, "configs", "real",

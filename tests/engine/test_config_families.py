@@ -141,8 +141,8 @@ def test_two_process_launch_across_the_image_loss_start(phantom_root, tmp_path):
     from tests.engine.launch_worker import train_and_fingerprint
 
     opts = (*TINY, *SMALL_HEADS, *dataset_opts("launch"), "SEED", "3", "DATASETS.TEST", "()",
-            "SOLVER.MAX_ITER", "3", "TEST.PRECISE_BN.NUM_ITER", "2",
-            "MODEL.ONESHOT.IMAGE_HEAD.LOSS_START_ITER", "2")
+            "SOLVER.MAX_ITER", "2", "TEST.PRECISE_BN.NUM_ITER", "2",
+            "MODEL.ONESHOT.IMAGE_HEAD.LOSS_START_ITER", "1")
     args = train_args(AFFINITY_QUICK, tmp_path, *opts)
     assert make_cfg(AFFINITY_QUICK).MODEL.ONESHOT.IMAGE_HEAD.NORM == "BN"
     out_file = str(tmp_path / "fp")

@@ -22,7 +22,7 @@ def _args(out_dir, prefix, *extra, max_iter=2, eval_only=False, resume=False, op
         "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "128",
         "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", str(max_iter), "SOLVER.WARMUP_ITERS", "1",
         "SOLVER.CHECKPOINT_PERIOD", "2", "SOLVER.STEPS", "()", "DATALOADER.NUM_WORKERS", "0",
-        "OUTPUT_DIR", str(out_dir), "SEED", "1", *opts,
+        "TEST.DETECTIONS_PER_IMAGE", "20", "OUTPUT_DIR", str(out_dir), "SEED", "1", *opts,
     ]
     return default_argument_parser().parse_args(argv + opts)
 
