@@ -1,5 +1,5 @@
 """tools/train_net's main(): a few iterations, checkpoint + resume (optimizer state included),
-eval-only, and a 2-process CPU launch."""
+eval-only (the launch tests are in test_config_families.py)."""
 import os
 
 import pytest
