@@ -92,3 +92,55 @@ def test_an_upward_import_is_found(tmp_path):
                                         "from ..config import load_config\n")
     found = layer_violations(str(pkg))
     assert [v.split(": ", 1)[1] for v in found] == ["data -> inference", "utils -> config"]
+
+
+# Libraries that take a second or more to import, or that only some paths need: imported inside
+# the functions that use them, so that the processes which never do (every spawned training and
+# prediction worker, every tool run) do not pay for them.
+LAZY_LIBRARIES = ("sklearn", "onnx", "onnxruntime", "matplotlib", "highdicom", "timm")
+
+
+def eager_heavy_imports(root: str = PACKAGE):
+    """``file:line: library`` for each import of a :data:`LAZY_LIBRARIES` library at a module's
+    top level (outside any function)."""
+    out = []
+    for folder, _, files in os.walk(root):
+        for f in sorted(files):
+            if not f.endswith(".py"):
+                continue
+            path = os.path.join(folder, f)
+            tree = ast.parse(open(path, encoding="utf-8").read(), path)
+            # top-level statements, and those nested in top-level if / try blocks (but not
+            # `if TYPE_CHECKING:`, which never runs)
+            stack = list(tree.body)
+            while stack:
+                node = stack.pop()
+                if isinstance(node, ast.If) and ast.unparse(node.test) in (
+                        "TYPE_CHECKING", "typing.TYPE_CHECKING"):
+                    continue
+                if isinstance(node, (ast.If, ast.Try, ast.ExceptHandler)):
+                    stack.extend(ast.iter_child_nodes(node))
+                    continue
+                names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                         [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+                for name in names:
+                    if name.split(".")[0] in LAZY_LIBRARIES:
+                        out.append(f"{os.path.relpath(path, REPO)}:{node.lineno}: {name}")
+    return out
+
+
+def test_heavy_libraries_are_imported_where_used():
+    # catches e.g. `from sklearn import metrics` back at the top of classification_metrics.py:
+    # 1.3 s more for every process that imports the trainer
+    assert eager_heavy_imports() == []
+
+
+def test_an_eager_heavy_import_is_found(tmp_path):
+    pkg = tmp_path / "oneshot_d2"
+    pkg.mkdir()
+    (pkg / "a.py").write_text("import numpy\ntry:\n    import onnx\nexcept ImportError:\n"
+                              "    pass\n\ndef f():\n    from sklearn import metrics\n\n"
+                              "if TYPE_CHECKING:\n    import highdicom\n")
+    (pkg / "b.py").write_text("from sklearn.metrics import roc_auc_score\n")
+    assert [v.split(": ", 1)[1] for v in eager_heavy_imports(str(pkg))] == [
+        "onnx", "sklearn.metrics"]
