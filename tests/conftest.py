@@ -66,7 +66,7 @@ def unique_name(request):
     return "t_" + request.node.name.replace("[", "_").replace("]", "").replace("-", "_")
 
 
-# the longest module (about 100 CPU-seconds): started first, so the other process runs the rest
+# the longest module (about 2 CPU minutes): started first, so the other process runs the rest
 LONGEST = "tests/engine/test_training_acc.py"
 
 

@@ -101,32 +101,35 @@ LAZY_LIBRARIES = ("sklearn", "onnx", "onnxruntime", "matplotlib", "highdicom", "
 
 
 def eager_heavy_imports(root: str = PACKAGE):
-    """``file:line: library`` for each import of a :data:`LAZY_LIBRARIES` library at a module's
-    top level (outside any function)."""
+    """``file:line: library`` for each import of a :data:`LAZY_LIBRARIES` library that runs
+    when its module is imported: at the top level, or in a top-level if / try / with block
+    (not in ``if TYPE_CHECKING:``, which never runs, nor in a function or class)."""
     out = []
-    for folder, _, files in os.walk(root):
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
         for f in sorted(files):
             if not f.endswith(".py"):
                 continue
             path = os.path.join(folder, f)
-            tree = ast.parse(open(path, encoding="utf-8").read(), path)
-            # top-level statements, and those nested in top-level if / try blocks (but not
-            # `if TYPE_CHECKING:`, which never runs)
+            with open(path, encoding="utf-8") as source:
+                tree = ast.parse(source.read(), path)
             stack = list(tree.body)
             while stack:
-                node = stack.pop()
+                node = stack.pop(0)
                 if isinstance(node, ast.If) and ast.unparse(node.test) in (
                         "TYPE_CHECKING", "typing.TYPE_CHECKING"):
+                    stack.extend(node.orelse)
                     continue
-                if isinstance(node, (ast.If, ast.Try, ast.ExceptHandler)):
-                    stack.extend(ast.iter_child_nodes(node))
+                if isinstance(node, (ast.If, ast.Try, ast.TryStar, ast.ExceptHandler, ast.With)):
+                    stack.extend(n for n in ast.iter_child_nodes(node) if isinstance(
+                        n, (ast.stmt, ast.ExceptHandler)))
                     continue
                 names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
                          [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
                 for name in names:
                     if name.split(".")[0] in LAZY_LIBRARIES:
-                        out.append(f"{os.path.relpath(path, REPO)}:{node.lineno}: {name}")
-    return out
+                        out.append((os.path.relpath(path, REPO), node.lineno, name))
+    return [f"{path}:{line}: {name}" for path, line, name in sorted(out)]
 
 
 def test_heavy_libraries_are_imported_where_used():
@@ -139,8 +142,12 @@ def test_an_eager_heavy_import_is_found(tmp_path):
     pkg = tmp_path / "oneshot_d2"
     pkg.mkdir()
     (pkg / "a.py").write_text("import numpy\ntry:\n    import onnx\nexcept ImportError:\n"
-                              "    pass\n\ndef f():\n    from sklearn import metrics\n\n"
-                              "if TYPE_CHECKING:\n    import highdicom\n")
-    (pkg / "b.py").write_text("from sklearn.metrics import roc_auc_score\n")
+                              "    import onnxruntime\n\ndef f():\n"
+                              "    from sklearn import metrics\n\nclass A:\n"
+                              "    def g(self):\n        import timm\n\n"
+                              "if TYPE_CHECKING:\n    import highdicom\nelse:\n"
+                              "    import matplotlib\n")
+    (pkg / "b.py").write_text("import contextlib\nwith contextlib.suppress(ImportError):\n"
+                              "    from sklearn.metrics import roc_auc_score\n")
     assert [v.split(": ", 1)[1] for v in eager_heavy_imports(str(pkg))] == [
-        "onnx", "sklearn.metrics"]
+        "onnx", "onnxruntime", "matplotlib", "sklearn.metrics"]
