@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Sequence
 
 import torch
+from detectron2.config import CfgNode
 from tqdm import tqdm
 
 from ..compat import filter_known_warnings
@@ -152,7 +153,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not refs:
         print("predict: error: no study to predict in " + " ".join(args.input), file=sys.stderr)
         return EXIT_ERROR
-    runner = _StudyRunner(args)  # here too with workers: the weights are checked before
+    # here too with workers: the weights are checked before the workers start
+    runner = _StudyRunner(args, cfg=cfg)
     out = runner.out
     if args.num_workers > 1 and len(refs) > 1:
         del runner
@@ -204,12 +206,14 @@ class _StudyRunner:
     """The predictor and the run's settings; :meth:`run` predicts and writes one study. Built
     once per process (the main one, or each of ``--num-workers``)."""
 
-    def __init__(self, args: argparse.Namespace, threads: int = 0, progress: bool = True):
+    def __init__(self, args: argparse.Namespace, threads: int = 0, progress: bool = True,
+                 cfg: Optional[CfgNode] = None):
         if threads:
             torch.set_num_threads(threads)
         self.args = args
-        cfg = load_config(args.config_file, args.opts)
-        resolve_device(cfg, args.device or "")
+        if cfg is None:  # a --num-workers process: the run's config, loaded again
+            cfg = load_config(args.config_file, args.opts)
+            resolve_device(cfg, args.device or "")
         if args.backend == "torch":
             self.predictor = OneShotPredictor(cfg, batch_size=args.batch_size)
         else:
