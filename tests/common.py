@@ -2,13 +2,15 @@
 models and batches (DensePose-style ``tests/common.py``). Fixtures live in ``conftest.py``."""
 import atexit
 import contextlib
+import copy
 import logging
+import multiprocessing
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-from typing import Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import torch
 from detectron2.config import CfgNode, get_cfg
@@ -70,15 +72,30 @@ def scratch_output_dir() -> str:
     return _SCRATCH[0]
 
 
+# make_cfg's configs of the shipped files, and seeded_model's models, by their arguments: this
+# process parses each YAML chain and draws each model's initial weights once (about a tenth of
+# the suite's CPU time went to YAML parsing and weight initialisation); callers get copies.
+_SHIPPED_CONFIGS: Dict[Tuple[str, ...], CfgNode] = {}
+_SEEDED_MODELS: Dict[Tuple[str, int], Tuple[torch.nn.Module, torch.Tensor]] = {}
+_MAX_CACHED_PARAMETERS = 20_000_000  # paper-size models are built anew (memory)
+
+
 def make_cfg(config_file: str, *opts: str) -> CfgNode:
     """``get_cfg()`` + ``add_oneshot_config`` + the config file + ``opts`` (not frozen);
-    OUTPUT_DIR a scratch folder unless ``opts`` set it."""
-    cfg = get_cfg()
-    add_oneshot_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.OUTPUT_DIR = scratch_output_dir()
-    cfg.merge_from_list(list(opts))
-    return cfg
+    OUTPUT_DIR a scratch folder unless ``opts`` set it. A new object on every call."""
+    key = (os.path.abspath(config_file), *map(str, opts))
+    cfg = _SHIPPED_CONFIGS.get(key)
+    if cfg is None:
+        cfg = get_cfg()
+        add_oneshot_config(cfg)
+        cfg.merge_from_file(config_file)
+        cfg.OUTPUT_DIR = scratch_output_dir()
+        cfg.merge_from_list(list(opts))
+        # only the repository's files: a test's own YAML may change between two calls
+        if key[0].startswith(os.path.join(REPO, "configs") + os.sep):
+            _SHIPPED_CONFIGS[key] = cfg.clone()
+        return cfg
+    return cfg.clone()
 
 
 def train_args(config_file: str, out_dir, *opts: str, eval_only: bool = False,
@@ -91,9 +108,20 @@ def train_args(config_file: str, out_dir, *opts: str, eval_only: bool = False,
 
 
 def seeded_model(cfg: CfgNode, seed: int = 0) -> torch.nn.Module:
-    """``OneShotTrainer.build_model(cfg)`` after ``torch.manual_seed(seed)``."""
-    torch.manual_seed(seed)
-    return OneShotTrainer.build_model(cfg)
+    """``OneShotTrainer.build_model(cfg)`` after ``torch.manual_seed(seed)``: the same weights,
+    and torch's random state left as that build leaves it. A new model on every call (a copy
+    of the one built for the same config and seed earlier in this process)."""
+    key = (repr(cfg), seed)
+    if key not in _SEEDED_MODELS:
+        torch.manual_seed(seed)
+        model = OneShotTrainer.build_model(cfg)
+        if sum(p.numel() for p in model.parameters()) > _MAX_CACHED_PARAMETERS:
+            return model
+        _SEEDED_MODELS[key] = (copy.deepcopy(model), torch.get_rng_state())
+        return model
+    model, rng_state = _SEEDED_MODELS[key]
+    torch.set_rng_state(rng_state)
+    return copy.deepcopy(model)
 
 
 def split_batch(batch: Sequence[Dict]) -> Tuple[List[Dict], List[Dict]]:
@@ -126,16 +154,46 @@ TINY_PHANTOM_ARGS = ["--size", "64", "--seg-train", "4", "--seg-test", "2", "--c
                      "--cls-val", "3", "--cls-test", "3", "--slices-per-patient", "2"]
 
 
-def run_script(args, tmp_path, kill_at=None, timeout=120) -> subprocess.CompletedProcess:
-    """Run ``python <args>`` offline on one thread in ``tmp_path``, with an empty dataset root;
-    with ``kill_at``, the process SIGKILLs itself at that stage
-    (:mod:`oneshot_d2.utils.testing`)."""
+def _script_env(tmp_path, kill_at=None) -> Dict[str, str]:
+    """The environment of :func:`run_script` and :func:`run_forked`."""
     env = dict(os.environ, OMP_NUM_THREADS="1", DETECTRON2_DATASETS=str(tmp_path / "d2_empty"))
     env.pop(KILL_ENV, None)
     if kill_at:
         env[KILL_ENV] = kill_at
-    return subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True,
-                          timeout=timeout, cwd=str(tmp_path))
+    return env
+
+
+def run_script(args, tmp_path, kill_at=None, timeout=120) -> subprocess.CompletedProcess:
+    """Run ``python <args>`` offline on one thread in ``tmp_path``, with an empty dataset root;
+    with ``kill_at``, the process SIGKILLs itself at that stage
+    (:mod:`oneshot_d2.utils.testing`)."""
+    return subprocess.run([sys.executable, *args], env=_script_env(tmp_path, kill_at),
+                          capture_output=True, text=True, timeout=timeout, cwd=str(tmp_path))
+
+
+def run_forked(target: Callable[[], object], tmp_path, kill_at=None, timeout=120) -> int:
+    """``target()`` in a child process forked from this one, with :func:`run_script`'s
+    environment and folder (``kill_at``: the child SIGKILLs itself at that stage). For the kill
+    tests, whose subject is what a killed writer leaves on disk: the child has this process's
+    imports, so it starts in milliseconds where ``run_script`` spends about 3 CPU-seconds on
+    the interpreter and imports. Returns the child's exit code: 0 when ``target`` returned, 1
+    when it raised (its traceback on this test's stderr), ``-signal.SIGKILL`` when killed."""
+    env = _script_env(tmp_path, kill_at)
+
+    def child() -> None:
+        os.environ.clear()
+        os.environ.update(env)
+        os.chdir(str(tmp_path))
+        target()
+
+    process = multiprocessing.get_context("fork").Process(target=child)
+    process.start()
+    process.join(timeout)
+    if process.exitcode is None:
+        process.kill()
+        process.join()
+        raise TimeoutError(f"the forked child did not finish in {timeout} s")
+    return process.exitcode
 
 
 @contextlib.contextmanager

@@ -21,7 +21,7 @@ from tests.common import (
     dead_pid,
     make_cfg,
     other_host_tag,
-    run_script,
+    run_forked,
 )
 
 
@@ -30,13 +30,6 @@ def _linear(seed):
     return torch.nn.Linear(3, 2)
 
 
-CHECKPOINT_SCRIPT = """
-import sys, torch
-import oneshot_d2  # noqa: F401
-from oneshot_d2.checkpoint import AtomicCheckpointer
-torch.manual_seed(2)
-AtomicCheckpointer(torch.nn.Linear(3, 2), sys.argv[1]).save("model_final", iteration=2)
-"""
 
 
 @pytest.mark.slow
@@ -47,10 +40,9 @@ def test_kill_during_checkpoint_save_keeps_previous_model(tmp_path):
     out = tmp_path / "out"
     AtomicCheckpointer(_linear(1), str(out)).save("model_final", iteration=1)
     before = (out / "model_final.pth").read_bytes()
-    script = tmp_path / "save.py"
-    script.write_text(CHECKPOINT_SCRIPT)
-    r = run_script([str(script), str(out)], tmp_path, kill_at="checkpoint-write")
-    assert r.returncode == -signal.SIGKILL, r.stderr
+    status = run_forked(lambda: AtomicCheckpointer(_linear(2), str(out)).save(
+        "model_final", iteration=2), tmp_path, kill_at="checkpoint-write")
+    assert status == -signal.SIGKILL
     assert (out / "model_final.pth").read_bytes() == before
     assert (out / "last_checkpoint").read_text() == "model_final.pth"
     assert any(".tmp-" in n for n in os.listdir(out))

@@ -24,11 +24,13 @@ from oneshot_d2.errors import DatasetError
 from oneshot_d2.utils.temp_names import (
     parse_sibling,
 )
+from tests.bad_input import run_tool
 from tests.common import (
     PREPARE_PHANTOM,
     TINY_PHANTOM,
     TINY_PHANTOM_ARGS,
     captured_warnings,
+    run_forked,
     run_script,
 )
 
@@ -188,9 +190,10 @@ def test_kill_during_overwrite_leaves_a_complete_set(tmp_path, stage):
     run not removing the orphaned .tmp / .old folders."""
     root = tmp_path / "p"
     write_phantom_dataset(str(root), PhantomSpec(seed=1, **TINY_PHANTOM))
-    r = run_script([PREPARE_PHANTOM, "--root", str(root), "--overwrite", "--seed", "2",
-                    *TINY_PHANTOM_ARGS], tmp_path, kill_at=stage)
-    assert r.returncode == -signal.SIGKILL, r.stderr
+    status = run_forked(lambda: run_tool(PREPARE_PHANTOM, "--root", str(root), "--overwrite",
+                                         "--seed", "2", *TINY_PHANTOM_ARGS), tmp_path,
+                        kill_at=stage)
+    assert status == -signal.SIGKILL
     present, kinds, seed = KILL_STAGES[stage]
     assert root.exists() == present
     if present:

@@ -11,7 +11,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-from detectron2.engine import launch
 from detectron2.utils.events import EventStorage
 
 from oneshot_d2.data.datasets.builtin import register_cncb_layout
@@ -138,28 +137,16 @@ def test_resume_restores_copy_hook_state(prefix, tmp_path):
 
 
 def test_two_process_launch_across_the_image_loss_start(phantom_root, tmp_path):
-    """The shipped quick config (BN image head, LOSS_START_ITER > 0) under `launch` with 2
-    processes: no DDP 'unused parameters' error across the start iteration, and identical
-    parameters and buffers (BN runs as naiveSyncBN) on both replicas afterwards."""
-    from tests.engine.launch_worker import train_and_fingerprint
-
+    """The shipped quick config (BN image head, LOSS_START_ITER > 0) under Detectron2's
+    `launch` with 2 processes, here on two "machines" (`--num-machines 2 --machine-rank 0/1
+    --dist-url tcp://..`: two OS processes of one training process each, meeting over TCP; one
+    machine's `--num-gpus 2` differs only in how Detectron2 starts the processes): no DDP
+    'unused parameters' error across the start iteration, and identical parameters and buffers
+    (BN runs as naiveSyncBN) on both replicas afterwards."""
     opts = (*TINY, *SMALL_HEADS, *dataset_opts("launch"), "SEED", "3", "DATASETS.TEST", "()",
             "SOLVER.MAX_ITER", "2", "TEST.PRECISE_BN.NUM_ITER", "2",
             "MODEL.ONESHOT.IMAGE_HEAD.LOSS_START_ITER", "1")
-    args = train_args(AFFINITY_QUICK, tmp_path, *opts)
     assert make_cfg(AFFINITY_QUICK).MODEL.ONESHOT.IMAGE_HEAD.NORM == "BN"
-    out_file = str(tmp_path / "fp")
-    launch(train_and_fingerprint, 2, dist_url="auto", args=(args, phantom_root, out_file))
-    prints = [open(f"{out_file}.{r}").read().split() for r in (0, 1)]
-    assert prints[0][0] == prints[1][0] == "2"
-    assert prints[0][2] != prints[1][2]  # two processes
-    assert prints[0][1] == prints[1][1]  # parameters
-    assert prints[0][3] == prints[1][3]  # buffers (synchronised BN statistics)
-    assert prints[0][4] == prints[1][4] == "True"  # the image loss ran after the start
-
-    # The same run on two "machines" (--num-machines 2 --machine-rank 0/1 --dist-url tcp://..):
-    # two separate OS processes of one process each, meeting over TCP: the same parameters
-    # and buffers as the two processes of one machine.
     machines_file = str(tmp_path / "machines")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -178,7 +165,9 @@ def test_two_process_launch_across_the_image_loss_start(phantom_root, tmp_path):
         for r in runs:
             r.kill()
     assert all(r.returncode == 0 for r in runs), outputs[0][-2000:] + outputs[1][-2000:]
-    machines = [open(f"{machines_file}.{r}").read().split() for r in (0, 1)]
-    assert machines[0][0] == machines[1][0] == "2"  # one world of two processes
-    assert machines[0][1] == machines[1][1] == prints[0][1]  # parameters
-    assert machines[0][3] == machines[1][3] == prints[0][3]  # buffers
+    prints = [open(f"{machines_file}.{r}").read().split() for r in (0, 1)]
+    assert prints[0][0] == prints[1][0] == "2"  # one world of two processes
+    assert prints[0][2] != prints[1][2]  # two processes
+    assert prints[0][1] == prints[1][1]  # parameters
+    assert prints[0][3] == prints[1][3]  # buffers (synchronised BN statistics)
+    assert prints[0][4] == prints[1][4] == "True"  # the image loss ran after the start

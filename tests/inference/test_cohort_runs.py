@@ -8,10 +8,8 @@ import os
 import numpy as np
 import pytest
 
-from tests.common import AFFINITY_QUICK, REPO, run_script
+from tests.common import run_forked
 from tests.inference.test_output_values import (
-    _PREDICT_WITH_THE_STUB,
-    SCALE_CHECK_OFF,
     N,
     StubPredictor,
     ct_volume,
@@ -95,11 +93,9 @@ def test_a_killed_run_resumes_without_recomputing_finished_studies(monkeypatch, 
     reference = tmp_path / "reference"
     assert predict(monkeypatch, inputs, reference, *opts) == 3 * N
     out = tmp_path / "out"
-    args = ["--config-file", AFFINITY_QUICK, "--input", *map(str, inputs), "--output", str(out),
-            "--no-progress", *opts, *SCALE_CHECK_OFF]
-    killed = run_script(["-c", _PREDICT_WITH_THE_STUB, REPO, *args], tmp_path,
+    status = run_forked(lambda: predict(monkeypatch, inputs, out, *opts), tmp_path,
                         kill_at=f"predict-done:{STUDIES[1]}")
-    assert killed.returncode == -9, killed.stderr
+    assert status == -9
     assert sorted(os.listdir(out)) == ["apex", "base", "studies.csv"]
     assert [r["study"] for r in read_csv(out / "studies.csv")] == ["apex", "base"]
     assert predict(monkeypatch, inputs, out, "--skip-existing", *opts) == N  # "core" only

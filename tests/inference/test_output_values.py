@@ -19,7 +19,7 @@ from oneshot_d2.config import load_config
 from oneshot_d2.inference.outputs import REPORT_TOOL
 from oneshot_d2.utils.temp_names import host_tag
 from tests.bad_input import PREDICT, assert_one_error, run_tool, snapshot
-from tests.common import AFFINITY_QUICK, REPO, dead_pid, run_script
+from tests.common import AFFINITY_QUICK, dead_pid, run_forked
 
 IMAGE_CLASSES = ["COVID-19", "CP", "Normal"]  # the negative class is the last one
 LESION_CLASSES = ["GGO", "consolidation"]
@@ -363,30 +363,19 @@ def test_a_killed_first_write_is_not_recovered_as_a_result(monkeypatch, study_fi
     assert report["tool"] == REPORT_TOOL and len(read_csv(out / "chest" / "slices.csv")) == N
 
 
-_PREDICT_WITH_THE_STUB = """
-import sys
-sys.path.insert(0, sys.argv[1])  # the repository: tests.* (this script runs outside pytest)
-from oneshot_d2.cli import predict
-from tests.inference.test_output_values import StubPredictor
-predict.OneShotPredictor = StubPredictor
-sys.exit(predict.entry_point(sys.argv[2:]))
-"""
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", ["predict-swap"])
 def test_killed_while_replacing_leaves_a_complete_study(monkeypatch, study_file, tmp_path,
                                                         stage):
-    # kill -9 between the renames of a study folder (a real process, the stub model): catches
+    # kill -9 between the renames of a study folder (a forked process, the stub model): catches
     # the next run not putting the complete folder back (or putting back half of one). The
     # other kill point, old folder not yet deleted, is the same utils.file_io.replace_folder
     # as prepare_phantom's (tests/data/test_phantom_overwrite.py).
     out = tmp_path / "out"
     assert run_predict(monkeypatch, [study_file], out)[0] == 0
-    args = ["--config-file", AFFINITY_QUICK, "--input", str(study_file), "--output", str(out),
-            "--no-progress", *SCALE_CHECK_OFF]
-    killed = run_script(["-c", _PREDICT_WITH_THE_STUB, REPO, *args], tmp_path, kill_at=stage)
-    assert killed.returncode == -9, killed.stderr
+    status = run_forked(lambda: run_predict(monkeypatch, [study_file], out), tmp_path,
+                        kill_at=stage)
+    assert status == -9
     assert not (out / "chest").exists()  # killed between the two renames
     status, lines = run_predict(monkeypatch, [study_file], out)
     assert status == 0, lines
