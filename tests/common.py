@@ -73,8 +73,9 @@ def scratch_output_dir() -> str:
 
 
 # make_cfg's configs of the shipped files, and seeded_model's models, by their arguments: this
-# process parses each YAML chain and draws each model's initial weights once (about a tenth of
-# the suite's CPU time went to YAML parsing and weight initialisation); callers get copies.
+# process parses each YAML chain and draws each model's initial weights once (YAML parsing and
+# weight initialisation were about a seventh of the tests' in-process CPU time); callers get
+# copies.
 _SHIPPED_CONFIGS: Dict[Tuple[str, ...], CfgNode] = {}
 _SEEDED_MODELS: Dict[Tuple[str, int], Tuple[torch.nn.Module, torch.Tensor]] = {}
 _MAX_CACHED_PARAMETERS = 20_000_000  # paper-size models are built anew (memory)
