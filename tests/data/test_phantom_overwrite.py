@@ -31,7 +31,6 @@ from tests.common import (
     TINY_PHANTOM_ARGS,
     captured_warnings,
     run_forked,
-    run_script,
 )
 
 
@@ -58,11 +57,11 @@ def test_overwrite_refuses_foreign_folder(tmp_path):
     (foreign / "imgs" / "1_000.jpg").write_bytes(b"\xff\xd8 user image")
     (foreign / "notes.txt").write_text("mine")
     before = _snapshot(foreign)
-    r = run_script([PREPARE_PHANTOM, "--root", str(foreign), "--overwrite", *TINY_PHANTOM_ARGS],
-                   tmp_path)
-    assert r.returncode == 2, r.stderr
-    assert "Traceback" not in r.stderr
-    errors = [line for line in r.stderr.splitlines() if "refusing to overwrite" in line]
+    status, lines = run_tool(PREPARE_PHANTOM, "--root", str(foreign), "--overwrite",
+                             *TINY_PHANTOM_ARGS)
+    assert status == 2, lines
+    assert not any("Traceback" in line for line in lines)
+    errors = [line for line in lines if "refusing to overwrite" in line]
     assert len(errors) == 1 and str(foreign) in errors[0] and MARKER_FILE in errors[0]
     assert _snapshot(foreign) == before
     assert [n for n in os.listdir(tmp_path) if n.startswith("cncb")] == ["cncb"]  # no tmp/lock
