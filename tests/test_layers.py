@@ -29,6 +29,15 @@ def _part(module: str) -> str:
     return parts[1] if len(parts) > 1 else ""
 
 
+def _source_files(root: str):
+    """Every ``.py`` file under ``root``, in a fixed order."""
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        for f in sorted(files):
+            if f.endswith(".py"):
+                yield os.path.join(folder, f)
+
+
 def _imported_modules(path: str, package: str):
     """(line, absolute module) of every oneshot_d2 import in a source file of ``package``."""
     for node in ast.walk(ast.parse(open(path, encoding="utf-8").read(), path)):
@@ -52,23 +61,19 @@ def _imported_modules(path: str, package: str):
 def layer_violations(root: str = PACKAGE):
     """``file:line: a -> b`` for each import from a higher layer (or from an unknown part)."""
     out = []
-    for folder, _, files in os.walk(root):
-        for f in sorted(files):
-            if not f.endswith(".py"):
+    for path in _source_files(root):
+        rel = os.path.relpath(path, os.path.dirname(root))[:-3].replace(os.sep, ".")
+        package = rel[:-len(".__init__")] if rel.endswith(".__init__") else rel.rsplit(".", 1)[0]
+        source = _part(rel)
+        if source in ("", "__init__"):  # oneshot_d2/__init__.py: the package's entry
+            continue
+        for line, target in _imported_modules(path, package):
+            part = _part(target)
+            if part == source:
                 continue
-            path = os.path.join(folder, f)
-            rel = os.path.relpath(path, os.path.dirname(root))[:-3].replace(os.sep, ".")
-            package = rel[:-len(".__init__")] if f == "__init__.py" else rel.rsplit(".", 1)[0]
-            source = _part(rel)
-            if source in ("", "__init__"):  # oneshot_d2/__init__.py: the package's entry
-                continue
-            for line, target in _imported_modules(path, package):
-                part = _part(target)
-                if part == source:
-                    continue
-                if source not in LAYER_OF or part not in LAYER_OF \
-                        or LAYER_OF[part] > LAYER_OF[source]:
-                    out.append(f"{os.path.relpath(path, REPO)}:{line}: {source} -> {part}")
+            if source not in LAYER_OF or part not in LAYER_OF \
+                    or LAYER_OF[part] > LAYER_OF[source]:
+                out.append(f"{os.path.relpath(path, REPO)}:{line}: {source} -> {part}")
     return out
 
 
@@ -105,30 +110,25 @@ def eager_heavy_imports(root: str = PACKAGE):
     when its module is imported: at the top level, or in a top-level if / try / with block
     (not in ``if TYPE_CHECKING:``, which never runs, nor in a function or class)."""
     out = []
-    for folder, dirs, files in os.walk(root):
-        dirs.sort()
-        for f in sorted(files):
-            if not f.endswith(".py"):
+    for path in _source_files(root):
+        with open(path, encoding="utf-8") as source:
+            tree = ast.parse(source.read(), path)
+        stack = list(tree.body)
+        while stack:
+            node = stack.pop(0)
+            if isinstance(node, ast.If) and ast.unparse(node.test) in (
+                    "TYPE_CHECKING", "typing.TYPE_CHECKING"):
+                stack.extend(node.orelse)
                 continue
-            path = os.path.join(folder, f)
-            with open(path, encoding="utf-8") as source:
-                tree = ast.parse(source.read(), path)
-            stack = list(tree.body)
-            while stack:
-                node = stack.pop(0)
-                if isinstance(node, ast.If) and ast.unparse(node.test) in (
-                        "TYPE_CHECKING", "typing.TYPE_CHECKING"):
-                    stack.extend(node.orelse)
-                    continue
-                if isinstance(node, (ast.If, ast.Try, ast.TryStar, ast.ExceptHandler, ast.With)):
-                    stack.extend(n for n in ast.iter_child_nodes(node) if isinstance(
-                        n, (ast.stmt, ast.ExceptHandler)))
-                    continue
-                names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
-                         [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
-                for name in names:
-                    if name.split(".")[0] in LAZY_LIBRARIES:
-                        out.append((os.path.relpath(path, REPO), node.lineno, name))
+            if isinstance(node, (ast.If, ast.Try, ast.TryStar, ast.ExceptHandler, ast.With)):
+                stack.extend(n for n in ast.iter_child_nodes(node) if isinstance(
+                    n, (ast.stmt, ast.ExceptHandler)))
+                continue
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            for name in names:
+                if name.split(".")[0] in LAZY_LIBRARIES:
+                    out.append((os.path.relpath(path, REPO), node.lineno, name))
     return [f"{path}:{line}: {name}" for path, line, name in sorted(out)]
 
 
